@@ -1,0 +1,130 @@
+//! Command-line interface: argument types, dispatch, output. No numerics here.
+
+mod eval;
+mod info;
+pub mod output;
+
+use crate::source::ModelRequest;
+use anyhow::Result;
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 internal error; 2 invalid arguments; 3 bad input (model, data, scores); 4 cannot write output; 5 insufficient resources; 130 interrupted.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sparc3",
+    version,
+    about = "Attribution-guided pruning of LLMs with AttnLRP: compression, circuit discovery, targeted correction",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Perplexity of a model on a text (non-overlapping windows from token 0).
+    Eval(eval::EvalArgs),
+    /// Architecture, sizes and the prunable linear layers of a model.
+    Info(info::InfoArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: a local HF directory, a .gguf file, a hub id `org/name[@revision]`, or
+    /// `builtin:demo-llama` (the default).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// tokenizer.json to use instead of the one beside the model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Never touch the network (also: HF_HUB_OFFLINE=1); hub ids must be in the local cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Storage dtype of the weights: f32, f16 or bf16 (compute is f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn request(&self) -> Result<ModelRequest> {
+        Ok(ModelRequest {
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            offline: self.offline,
+            device: parse_device(&self.device)?,
+            dtype: parse_dtype(&self.dtype)?,
+        })
+    }
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        other => crate::fail!(Usage, "--dtype {other}: expected f32, f16 or bf16"),
+    })
+}
+
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => crate::fail!(Usage, "--device {s}: expected cpu, cuda or cuda:N"),
+        },
+        None => crate::fail!(Usage, "--device {s}: expected cpu, cuda or cuda:N"),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        crate::fail!(
+            Resource,
+            "--device {s}: this sparc3 was built without CUDA support (rebuild with `--features cuda`)"
+        );
+    }
+    match Device::new_cuda(ordinal) {
+        Ok(d) => Ok(d),
+        Err(e) => crate::fail!(Resource, "--device {s}: {e}"),
+    }
+}
+
+/// Set the worker thread count for rayon and candle's matmuls (before any parallel work).
+pub fn set_threads(n: Option<usize>) -> Result<()> {
+    if let Some(n) = n {
+        if n == 0 {
+            crate::fail!(Usage, "--threads must be at least 1");
+        }
+        // candle's CPU kernels read RAYON_NUM_THREADS; rayon's global pool is built once.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    Ok(())
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(a) => eval::run(a),
+        Command::Info(a) => info::run(a),
+    }
+}

@@ -1,0 +1,108 @@
+//! Error kinds and the documented exit codes.
+//!
+//! Every error is an `anyhow::Error` with context naming the file, tensor or flag. An error that
+//! carries a [`Kind`] marker (attached with [`tag`]) exits with that kind's code; anything else is
+//! an internal failure (code 1). Clap's usage errors exit with 2.
+
+use std::fmt;
+
+/// What went wrong, from the user's point of view; each kind has its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A flag value that is out of range or inconsistent with other flags.
+    Usage,
+    /// A model, tokenizer, data file or scores file that cannot be used.
+    Input,
+    /// The output cannot be written (exists without `--force`, read-only location, ...).
+    Output,
+    /// The run would need more memory or a device that is not available.
+    Resource,
+    /// The run was interrupted by a signal.
+    Interrupted,
+}
+
+impl Kind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Kind::Usage => 2,
+            Kind::Input => 3,
+            Kind::Output => 4,
+            Kind::Resource => 5,
+            Kind::Interrupted => 130,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Kind::Usage => "invalid arguments",
+            Kind::Input => "bad input",
+            Kind::Output => "cannot write output",
+            Kind::Resource => "insufficient resources",
+            Kind::Interrupted => "interrupted",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Marker carried inside an anyhow chain; invisible in the message itself.
+#[derive(Debug)]
+struct Tagged {
+    kind: Kind,
+    msg: String,
+}
+
+impl fmt::Display for Tagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Tagged {}
+
+/// An error of the given kind with a message.
+pub fn err(kind: Kind, msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Tagged {
+        kind,
+        msg: msg.into(),
+    })
+}
+
+/// `bail!` for user-facing errors: `fail!(Input, "config.json: ...")`.
+#[macro_export]
+macro_rules! fail {
+    ($kind:ident, $($arg:tt)*) => {
+        return Err($crate::error::err($crate::error::Kind::$kind, format!($($arg)*)))
+    };
+}
+
+/// Extension to tag any error (and its context chain) with a kind.
+pub trait Tag<T> {
+    fn tag(self, kind: Kind) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> Tag<T> for Result<T, E> {
+    fn tag(self, kind: Kind) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            let e: anyhow::Error = e.into();
+            if kind_of(&e).is_some() {
+                e
+            } else {
+                let msg = format!("{e:#}");
+                err(kind, msg)
+            }
+        })
+    }
+}
+
+/// The kind of an error chain, if any link carries one.
+pub fn kind_of(e: &anyhow::Error) -> Option<Kind> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Tagged>().map(|t| t.kind))
+}
+
+/// Exit code for an error chain (1 when untagged).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    kind_of(e).map(Kind::exit_code).unwrap_or(1)
+}

@@ -1,0 +1,3 @@
+//! Evaluation protocols (METHOD.md §4).
+
+pub mod perplexity;

@@ -1,0 +1,92 @@
+//! WikiText-style perplexity: tokenize once without special tokens, cut non-overlapping windows
+//! of `seq_len` from token 0, ppl = exp(mean NLL over every predicted token).
+
+use crate::fail;
+use crate::model::DecoderModel;
+use anyhow::Result;
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PplResult {
+    pub ppl: f64,
+    pub mean_nll: f64,
+    /// Tokens in the whole text.
+    pub tokens: usize,
+    /// Tokens that were predicted (windows × (seq_len − 1)).
+    pub predicted: usize,
+    pub windows: usize,
+    pub available_windows: usize,
+    pub seq_len: usize,
+    pub per_window_nll: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// NLL of each next token given the logits `[T, V]` of one window (f64 accumulation).
+pub fn window_nll(logits: &[f32], vocab: usize, ids: &[u32]) -> Vec<f64> {
+    (0..ids.len() - 1)
+        .into_par_iter()
+        .map(|t| {
+            let row = &logits[t * vocab..(t + 1) * vocab];
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
+            let lse = m as f64 + s.ln();
+            lse - row[ids[t + 1] as usize] as f64
+        })
+        .collect()
+}
+
+/// Evaluate; `progress` is called after each window.
+pub fn perplexity(
+    model: &DecoderModel,
+    ids: &[u32],
+    seq_len: usize,
+    max_windows: Option<usize>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PplResult> {
+    if seq_len < 2 {
+        fail!(Usage, "--seq-len must be at least 2, got {seq_len}");
+    }
+    if seq_len > model.dims.max_positions {
+        fail!(
+            Usage,
+            "--seq-len {seq_len} is larger than the model allows ({} positions)",
+            model.dims.max_positions
+        );
+    }
+    let available = ids.len() / seq_len;
+    if available == 0 {
+        fail!(
+            Input,
+            "the text has {} tokens, fewer than one window of --seq-len {seq_len}",
+            ids.len()
+        );
+    }
+    if max_windows == Some(0) {
+        fail!(Usage, "--max-windows must be at least 1");
+    }
+    let n = max_windows.map_or(available, |m| m.min(available));
+    let start = std::time::Instant::now();
+    let mut per_window = Vec::with_capacity(n);
+    for w in 0..n {
+        let win = &ids[w * seq_len..(w + 1) * seq_len];
+        let input = Tensor::from_slice(win, (1, seq_len), &model.device)?;
+        let logits = model.forward(&input)?;
+        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        let nll = window_nll(&flat, model.dims.vocab, win);
+        per_window.push(nll.iter().sum::<f64>() / nll.len() as f64);
+        progress(w + 1, n);
+    }
+    let mean = per_window.iter().sum::<f64>() / n as f64;
+    Ok(PplResult {
+        ppl: mean.exp(),
+        mean_nll: mean,
+        tokens: ids.len(),
+        predicted: n * (seq_len - 1),
+        windows: n,
+        available_windows: available,
+        seq_len,
+        per_window_nll: per_window,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,131 @@
+//! Multi-head causal self-attention with optional RoPE and grouped-query heads (GQA).
+//!
+//! GQA is computed without `repeat_kv`: the query heads that share a key/value head are stacked
+//! along the sequence axis (`[B, kv, groups·T, d]`), so one batched matmul serves the whole group
+//! and keys/values are never copied.
+
+use super::Linear;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Rotary position embedding (HF "rotate half" layout) with its inverse frequencies.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// `[head_dim / 2]`, f32 as HF computes them.
+    pub inv_freq: Vec<f32>,
+    /// Multiplier applied to cos/sin (HF's `attention_scaling`; 1 except for some rope types).
+    pub attention_scaling: f32,
+}
+
+impl Rope {
+    /// `cos`, `sin`: `[t, head_dim/2]` for positions `0..t`.
+    pub fn tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let h = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * h);
+        let mut sin = Vec::with_capacity(t * h);
+        for p in 0..t {
+            for &f in &self.inv_freq {
+                // f32 product as in HF (inv_freq[:, None] @ position_ids[None, :] in float32).
+                let a = f * p as f32;
+                cos.push(a.cos() * self.attention_scaling);
+                sin.push(a.sin() * self.attention_scaling);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, h), device)?,
+            Tensor::from_vec(sin, (t, h), device)?,
+        ))
+    }
+}
+
+/// Per-forward constants shared by every layer: RoPE tables and the causal mask.
+pub struct AttnCtx {
+    pub seq_len: usize,
+    pub rope: Option<(Tensor, Tensor)>,
+    /// `[groups·T, T]`: 0 on and below the diagonal, −∞ above, stacked `groups` times.
+    pub mask: Tensor,
+}
+
+impl AttnCtx {
+    pub fn new(seq_len: usize, groups: usize, rope: Option<&Rope>, device: &Device) -> Result<Self> {
+        let mut m = vec![0f32; groups * seq_len * seq_len];
+        for g in 0..groups {
+            for i in 0..seq_len {
+                let row = &mut m[(g * seq_len + i) * seq_len..(g * seq_len + i + 1) * seq_len];
+                for v in row.iter_mut().skip(i + 1) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (groups * seq_len, seq_len), device)?;
+        let rope = match rope {
+            Some(r) => Some(r.tables(seq_len, device)?),
+            None => None,
+        };
+        Ok(Self {
+            seq_len,
+            rope,
+            mask,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope: Option<Rope>,
+    /// Score scale, `1/sqrt(head_dim)`.
+    pub scale: f64,
+}
+
+impl Attention {
+    pub fn groups(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// `[B, T, n·d]` → `[B, n, T, d]` (contiguous).
+    fn heads(&self, x: &Tensor, n: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// `x`: `[B, T, hidden]` (already normalised) → `[B, T, hidden]`.
+    pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        if t != ctx.seq_len {
+            bail!("attention context built for {} tokens, got {t}", ctx.seq_len);
+        }
+        let (kv, g, d) = (self.n_kv_heads, self.groups(), self.head_dim);
+        let mut q = self.heads(&self.q.forward(x)?, self.n_heads)?;
+        let mut k = self.heads(&self.k.forward(x)?, kv)?;
+        let v = self.heads(&self.v.forward(x)?, kv)?;
+        if let Some((cos, sin)) = &ctx.rope {
+            q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+            k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        }
+        // Query heads of one KV group stacked along the sequence axis.
+        let q = q.reshape((b, kv, g * t, d))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = scores.broadcast_add(&ctx.mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctxv = probs.matmul(&v)?; // [B, kv, g·T, d]
+        let merged = ctxv
+            .reshape((b, self.n_heads, t, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, self.n_heads * d))?;
+        debug_assert_eq!(merged.dtype(), DType::F32);
+        self.o.forward(&merged)
+    }
+}
+
+/// Softmax over the last axis, exposed for tests of the attention pieces.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}

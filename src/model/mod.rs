@@ -1,0 +1,268 @@
+//! The decoder-only language model every architecture builds into, and the architecture trait.
+//!
+//! An architecture (one file: `llama.rs`, `opt.rs`) reads its `config.json`, takes its tensors
+//! from the store by HF name and assembles a [`DecoderModel`] out of the shared layer kinds in
+//! `layers/`. Evaluation, attribution and pruning all run this one forward implementation.
+
+pub mod layers;
+pub mod llama;
+pub mod opt;
+
+use crate::fail;
+use crate::source::weights::WeightStore;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use layers::{Attention, AttnCtx, Embeddings, Linear, Mlp, Norm};
+
+/// An architecture: one file implementing this trait plus one line in [`ARCHITECTURES`].
+pub trait Architecture: Sync {
+    /// `model_type` values of `config.json` this architecture reads.
+    fn model_types(&self) -> &'static [&'static str];
+    /// Build the model from the HF config and the checkpoint's tensors.
+    fn build(&self, cfg: &serde_json::Value, store: &WeightStore) -> Result<DecoderModel>;
+}
+
+pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &opt::Opt];
+
+pub fn supported_types() -> Vec<&'static str> {
+    ARCHITECTURES.iter().flat_map(|a| a.model_types().iter().copied()).collect()
+}
+
+/// Build whatever architecture `model_type` names.
+pub fn build(cfg: &serde_json::Value, store: &WeightStore) -> Result<DecoderModel> {
+    let Some(mt) = cfg.get("model_type").and_then(|v| v.as_str()) else {
+        fail!(Input, "config has no \"model_type\" (supported: {})", supported_types().join(", "));
+    };
+    match ARCHITECTURES.iter().find(|a| a.model_types().contains(&mt)) {
+        Some(a) => a.build(cfg, store),
+        None => fail!(
+            Input,
+            "model_type '{mt}' is not supported (supported: {})",
+            supported_types().join(", ")
+        ),
+    }
+}
+
+/// Sizes every part of sparc3 needs to know.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Dims {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    /// Longest sequence the model supports (learned positions or `max_position_embeddings`).
+    pub max_positions: usize,
+}
+
+/// Where the norms sit relative to the residual branches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (Llama, OPT with `do_layer_norm_before`).
+    Pre,
+    /// `norm(x + f(x))` (OPT-350m style).
+    Post,
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub attn_norm: Norm,
+    pub attn: Attention,
+    pub mlp_norm: Norm,
+    pub mlp: Mlp,
+    pub placement: NormPlacement,
+}
+
+impl Block {
+    pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
+        match self.placement {
+            NormPlacement::Pre => {
+                let h = (x + self.attn.forward(&self.attn_norm.forward(x)?, ctx)?)?;
+                Ok((&h + self.mlp.forward(&self.mlp_norm.forward(&h)?)?)?)
+            }
+            NormPlacement::Post => {
+                let h = self.attn_norm.forward(&(x + self.attn.forward(x, ctx)?)?)?;
+                self.mlp_norm.forward(&(&h + self.mlp.forward(&h)?)?)
+            }
+        }
+    }
+
+    /// The block's linear layers in a fixed order (attention q, k, v, o, then the MLP).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let a = &self.attn;
+        let mut v = vec![&a.q, &a.k, &a.v, &a.o];
+        match &self.mlp {
+            Mlp::Gated { gate, up, down, .. } => v.extend([gate, up, down]),
+            Mlp::Plain { fc1, fc2, .. } => v.extend([fc1, fc2]),
+        }
+        v
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let a = &mut self.attn;
+        let mut v = vec![&mut a.q, &mut a.k, &mut a.v, &mut a.o];
+        match &mut self.mlp {
+            Mlp::Gated { gate, up, down, .. } => v.extend([gate, up, down]),
+            Mlp::Plain { fc1, fc2, .. } => v.extend([fc1, fc2]),
+        }
+        v
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DecoderModel {
+    pub dims: Dims,
+    pub embed: Embeddings,
+    pub blocks: Vec<Block>,
+    pub final_norm: Option<Norm>,
+    pub project_out: Option<Linear>,
+    /// Output projection; for tied models its weight is the token embedding table.
+    pub lm_head: Linear,
+    pub tied: bool,
+    pub device: Device,
+}
+
+impl DecoderModel {
+    pub fn attn_ctx(&self, seq_len: usize) -> Result<AttnCtx> {
+        let first = &self.blocks[0].attn;
+        AttnCtx::new(seq_len, first.groups(), first.rope.as_ref(), &self.device)
+    }
+
+    /// Check that a batch of token ids fits the model.
+    pub fn check_input(&self, ids: &Tensor) -> Result<()> {
+        let (_, t) = ids.dims2()?;
+        if t == 0 {
+            fail!(Input, "empty input sequence");
+        }
+        if t > self.dims.max_positions {
+            fail!(
+                Usage,
+                "sequence of {t} tokens is longer than the model allows ({} positions)",
+                self.dims.max_positions
+            );
+        }
+        Ok(())
+    }
+
+    /// Hidden states after the last block (before the final norm): `[B, T, hidden]`.
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.check_input(ids)?;
+        let (_, t) = ids.dims2()?;
+        let ctx = self.attn_ctx(t)?;
+        let mut h = self.embed.forward(ids)?;
+        for b in &self.blocks {
+            h = b.forward(&h, &ctx)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm, `project_out` and the LM head: `[B, T, hidden]` → `[B, T, vocab]`.
+    pub fn head(&self, h: &Tensor) -> Result<Tensor> {
+        let mut h = match &self.final_norm {
+            Some(n) => n.forward(h)?,
+            None => h.clone(),
+        };
+        if let Some(p) = &self.project_out {
+            h = p.forward(&h)?;
+        }
+        self.lm_head.forward(&h)
+    }
+
+    /// Logits for every position: `ids` `[B, T]` (u32) → `[B, T, vocab]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head(&self.hidden(ids)?)
+    }
+
+    /// Every prunable linear layer (inside the decoder blocks), block by block.
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.blocks.iter().flat_map(|b| b.linears()).collect()
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).collect()
+    }
+
+    /// Parameter count with a tied embedding counted once.
+    pub fn parameter_count(&self) -> usize {
+        let lin = |l: &Linear| l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
+        let norm = |n: &Norm| match n {
+            Norm::Rms { weight, .. } => weight.elem_count(),
+            Norm::Layer { weight, bias, .. } => weight.elem_count() + bias.elem_count(),
+        };
+        let mut n = self.embed.tokens.elem_count();
+        if let Some((p, _)) = &self.embed.positions {
+            n += p.elem_count();
+        }
+        if let Some(p) = &self.embed.project_in {
+            n += lin(p);
+        }
+        for b in &self.blocks {
+            n += b.linears().into_iter().map(lin).sum::<usize>();
+            n += norm(&b.attn_norm) + norm(&b.mlp_norm);
+        }
+        if let Some(f) = &self.final_norm {
+            n += norm(f);
+        }
+        if let Some(p) = &self.project_out {
+            n += lin(p);
+        }
+        if !self.tied {
+            n += lin(&self.lm_head);
+        }
+        n
+    }
+}
+
+/// Helpers for reading `config.json` fields with clear errors.
+pub(crate) mod cfg {
+    use crate::fail;
+    use anyhow::Result;
+    use serde_json::Value;
+
+    pub fn size(c: &Value, key: &str) -> Result<usize> {
+        match c.get(key) {
+            None | Some(Value::Null) => fail!(Input, "config.json: missing \"{key}\""),
+            Some(v) => match v.as_u64() {
+                Some(0) => fail!(Input, "config.json: \"{key}\" must be positive, got 0"),
+                Some(n) if n <= (1 << 32) => Ok(n as usize),
+                _ => fail!(Input, "config.json: \"{key}\" must be a positive integer, got {v}"),
+            },
+        }
+    }
+
+    pub fn size_or(c: &Value, key: &str, default: usize) -> Result<usize> {
+        match c.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => size(c, key),
+        }
+    }
+
+    pub fn float_or(c: &Value, key: &str, default: f64) -> Result<f64> {
+        match c.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                _ => fail!(Input, "config.json: \"{key}\" must be a positive number, got {v}"),
+            },
+        }
+    }
+
+    pub fn bool_or(c: &Value, key: &str, default: bool) -> Result<bool> {
+        match c.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => fail!(Input, "config.json: \"{key}\" must be true or false, got {v}"),
+        }
+    }
+
+    pub fn str_or<'a>(c: &'a Value, key: &str, default: &'a str) -> Result<&'a str> {
+        match c.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(s)) => Ok(s),
+            Some(v) => fail!(Input, "config.json: \"{key}\" must be a string, got {v}"),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The tensor provider: every weight of a checkpoint by its Hugging Face name, loaded from
+//! safetensors (single or sharded) or produced by the GGUF reader, validated on the way in.
+
+use crate::error::{Kind, Tag};
+use crate::fail;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One tensor with the file it came from (for error messages) and its on-disk dtype.
+#[derive(Clone)]
+pub struct Stored {
+    pub tensor: Tensor,
+    pub file: PathBuf,
+    pub disk_dtype: DType,
+}
+
+/// All tensors of a checkpoint, by name. Architectures `take` what they need; whatever is left
+/// over is reported (unknown tensors are ignored with a note, not silently consumed).
+pub struct WeightStore {
+    tensors: HashMap<String, Stored>,
+    /// Names in the order the checkpoint lists them (used when writing a model back).
+    pub order: Vec<String>,
+    /// Shard file of each tensor, as written in the checkpoint's index (for sharded outputs).
+    pub shard_of: BTreeMap<String, String>,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl WeightStore {
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            tensors: HashMap::new(),
+            order: Vec::new(),
+            shard_of: BTreeMap::new(),
+            device,
+            dtype,
+        }
+    }
+
+    pub fn insert(&mut self, name: String, stored: Stored) -> Result<()> {
+        if self.tensors.contains_key(&name) {
+            fail!(
+                Input,
+                "{}: tensor '{name}' appears twice in the checkpoint",
+                stored.file.display()
+            );
+        }
+        self.order.push(name.clone());
+        self.tensors.insert(name, stored);
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.order.iter()
+    }
+
+    pub fn peek(&self, name: &str) -> Option<&Stored> {
+        self.tensors.get(name)
+    }
+
+    /// The most common on-disk dtype (the dtype a written model keeps by default).
+    pub fn disk_dtype(&self) -> DType {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for s in self.tensors.values() {
+            *counts.entry(s.disk_dtype).or_default() += s.tensor.elem_count();
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
+            .unwrap_or(DType::F32)
+    }
+
+    /// A tensor that must exist with exactly this shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self.tensors.get(name) {
+            None => fail!(Input, "checkpoint has no tensor '{name}' (expected shape {shape:?})"),
+            Some(s) => {
+                if s.tensor.dims() != shape {
+                    fail!(
+                        Input,
+                        "{}: tensor '{name}' has shape {:?} but the config implies {shape:?}",
+                        s.file.display(),
+                        s.tensor.dims()
+                    );
+                }
+                Ok(s.tensor.clone())
+            }
+        }
+    }
+
+    /// An optional tensor (e.g. a bias); if present it must have this shape.
+    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.tensors.contains_key(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The files of a safetensors checkpoint: one `model.safetensors`, or an index and its shards.
+pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>)> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))
+            .tag(Kind::Input)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", index.display()))
+            .tag(Kind::Input)?;
+        let map = match v.get("weight_map").and_then(|m| m.as_object()) {
+            Some(m) => m,
+            None => fail!(Input, "{}: no \"weight_map\" object", index.display()),
+        };
+        let mut shard_of = BTreeMap::new();
+        let mut files: Vec<String> = Vec::new();
+        for (name, file) in map {
+            let Some(file) = file.as_str() else {
+                fail!(Input, "{}: weight_map entry '{name}' is not a file name", index.display());
+            };
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                fail!(Input, "{}: shard name '{file}' is not a plain file name", index.display());
+            }
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_string());
+            }
+            shard_of.insert(name.clone(), file.to_string());
+        }
+        if files.is_empty() {
+            fail!(Input, "{}: weight_map is empty", index.display());
+        }
+        files.sort();
+        let paths = files.iter().map(|f| dir.join(f)).collect::<Vec<_>>();
+        for p in &paths {
+            if !p.is_file() {
+                fail!(Input, "shard {} listed in {} is missing", p.display(), index.display());
+            }
+        }
+        Ok((paths, shard_of))
+    } else if single.is_file() {
+        Ok((vec![single], BTreeMap::new()))
+    } else if single.exists() {
+        fail!(Input, "{} is not a regular file", single.display())
+    } else {
+        fail!(
+            Input,
+            "{}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
+            dir.display()
+        )
+    }
+}
+
+/// Read safetensors files into the store, converting every floating tensor to `store.dtype`.
+pub fn load_safetensors(
+    store: &mut WeightStore,
+    files: &[PathBuf],
+    shard_of: &BTreeMap<String, String>,
+) -> Result<()> {
+    for path in files {
+        load_one(store, path).tag(Kind::Input)?;
+    }
+    if !shard_of.is_empty() {
+        for name in shard_of.keys() {
+            if !store.contains(name) {
+                fail!(
+                    Input,
+                    "tensor '{name}' is listed in the index under {} but not found there",
+                    shard_of[name]
+                );
+            }
+        }
+        store.shard_of = shard_of.clone();
+    }
+    Ok(())
+}
+
+fn load_one(store: &mut WeightStore, path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the mapping is read-only and only lives for this function; inputs are not modified
+    // by sparc3 (a concurrent writer would be a user error that safetensors' checks may catch).
+    let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    load_bytes(store, path, &mmap)
+}
+
+/// Load one safetensors image (a mapped file or embedded bytes); `path` labels errors.
+pub fn load_bytes(store: &mut WeightStore, path: &Path, bytes: &[u8]) -> Result<()> {
+    check_header(path, bytes)?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+    let mut names: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    names.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    let converted: Vec<Result<(String, Stored)>> = {
+        use rayon::prelude::*;
+        names
+            .par_iter()
+            .map(|(name, view)| {
+                let (t, disk) = view_to_tensor(path, name, view, &store.device, store.dtype)?;
+                Ok((
+                    name.clone(),
+                    Stored {
+                        tensor: t,
+                        file: path.to_path_buf(),
+                        disk_dtype: disk,
+                    },
+                ))
+            })
+            .collect()
+    };
+    for r in converted {
+        let (name, stored) = r?;
+        store.insert(name, stored)?;
+    }
+    Ok(())
+}
+
+/// Checks the parts of the header that `safetensors` accepts but we refuse: duplicate names
+/// (JSON objects keep only the last) and absurd lengths (reported clearly, before any allocation).
+fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 8 {
+        fail!(Input, "{}: truncated safetensors file ({} bytes)", path.display(), bytes.len());
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    if n > 100_000_000 || n as usize > bytes.len() - 8 {
+        fail!(
+            Input,
+            "{}: safetensors header length {n} exceeds the file size {} (truncated or corrupt file)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let header = &bytes[8..8 + n as usize];
+    let text = std::str::from_utf8(header)
+        .map_err(|_| crate::error::err(Kind::Input, format!("{}: safetensors header is not UTF-8", path.display())))?;
+    let keys: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => fail!(Input, "{}: safetensors header is not a JSON object: {e}", path.display()),
+    };
+    // serde_json's map dedups; count raw top-level keys with a streaming pass.
+    let raw = count_top_level_keys(text);
+    if let Some(raw) = raw {
+        if raw != keys.len() {
+            fail!(Input, "{}: safetensors header lists a tensor name twice", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Number of keys in a top-level JSON object, counting duplicates (None if not parseable).
+fn count_top_level_keys(text: &str) -> Option<usize> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Counter;
+    impl<'de> Visitor<'de> for Counter {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Counter).ok()
+}
+
+fn view_to_tensor(
+    path: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, DType)> {
+    use safetensors::Dtype as S;
+    let shape = view.shape().to_vec();
+    let data = view.data();
+    let (t, disk) = match view.dtype() {
+        S::F32 => {
+            let v: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            check_finite(path, name, &v)?;
+            (Tensor::from_vec(v, shape, device)?, DType::F32)
+        }
+        S::F16 => {
+            let v: Vec<half::f16> = data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                fail!(Input, "{}: tensor '{name}' contains NaN or Inf", path.display());
+            }
+            (Tensor::from_vec(v, shape, device)?, DType::F16)
+        }
+        S::BF16 => {
+            let v: Vec<half::bf16> = data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                fail!(Input, "{}: tensor '{name}' contains NaN or Inf", path.display());
+            }
+            (Tensor::from_vec(v, shape, device)?, DType::BF16)
+        }
+        S::I64 => {
+            // Buffers such as position ids; keep them, architectures ignore them.
+            let v: Vec<i64> = data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            return Ok((Tensor::from_vec(v, shape, device)?, DType::I64));
+        }
+        other => fail!(
+            Input,
+            "{}: tensor '{name}' has dtype {other:?}; only F32, F16 and BF16 weights are supported",
+            path.display()
+        ),
+    };
+    let t = if t.dtype() != dtype { t.to_dtype(dtype)? } else { t };
+    Ok((t, disk))
+}
+
+pub fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        fail!(
+            Input,
+            "{}: tensor '{name}' contains {} at flat index {i}",
+            path.display(),
+            if v[i].is_nan() { "NaN" } else { "Inf" }
+        );
+    }
+    Ok(())
+}
