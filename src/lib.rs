@@ -7,5 +7,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod kernels;
+pub mod lrp;
 pub mod model;
 pub mod source;

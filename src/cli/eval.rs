@@ -64,7 +64,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         println!("model       {}", loaded.origin.label());
         println!("text        {} (sha256 {})", src.label, &src.sha256[..16]);
         println!("tokens      {}", r.tokens);
-        println!("windows     {} of {} (seq_len {})", r.windows, r.available_windows, r.seq_len);
+        println!(
+            "windows     {} of {} (seq_len {})",
+            r.windows, r.available_windows, r.seq_len
+        );
         println!("mean NLL    {:.6}", r.mean_nll);
         println!("perplexity  {:.4}", r.ppl);
         println!("seconds     {:.2}", r.seconds);

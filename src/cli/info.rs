@@ -39,19 +39,38 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let d = &m.dims;
     println!("model          {}", loaded.origin.label());
     println!("architecture   {}", d.arch);
-    println!("parameters     {} (tied embedding counted once: {})", m.parameter_count(), m.tied);
-    println!("prunable       {prunable} weights in {} linear layers", m.linears().len());
+    println!(
+        "parameters     {} (tied embedding counted once: {})",
+        m.parameter_count(),
+        m.tied
+    );
+    println!(
+        "prunable       {prunable} weights in {} linear layers",
+        m.linears().len()
+    );
     println!("layers         {}", d.layers);
     println!("hidden         {}", d.hidden);
-    println!("heads          {} query, {} key/value, head_dim {}", d.heads, d.kv_heads, d.head_dim);
+    println!(
+        "heads          {} query, {} key/value, head_dim {}",
+        d.heads, d.kv_heads, d.head_dim
+    );
     println!("mlp width      {}", d.intermediate);
     println!("vocab          {}", d.vocab);
     println!("max positions  {}", d.max_positions);
-    println!("dtype          {} on disk", super::dtype_name(loaded.store.disk_dtype()));
+    println!(
+        "dtype          {} on disk",
+        super::dtype_name(loaded.store.disk_dtype())
+    );
     println!("prunable linear layers:");
     for l in m.linears() {
         let s = l.weight.dims();
-        println!("  {:<48} [{}, {}]{}", l.name, s[0], s[1], if l.bias.is_some() { " +bias" } else { "" });
+        println!(
+            "  {:<48} [{}, {}]{}",
+            l.name,
+            s[0],
+            s[1],
+            if l.bias.is_some() { " +bias" } else { "" }
+        );
     }
     Ok(())
 }

@@ -117,7 +117,10 @@ pub fn set_threads(n: Option<usize>) -> Result<()> {
         }
         // candle's CPU kernels read RAYON_NUM_THREADS; rayon's global pool is built once.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+        crate::kernels::gemm::set_threads(n);
     }
     Ok(())
 }

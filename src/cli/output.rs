@@ -10,9 +10,11 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
         ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
     };
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb

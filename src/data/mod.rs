@@ -23,7 +23,11 @@ pub fn read_utf8(path: &Path, what: &str) -> Result<(String, String)> {
         .with_context(|| format!("{what} {}: cannot access", path.display()))
         .tag(Kind::Input)?;
     if meta.is_dir() {
-        fail!(Input, "{what} {} is a directory, expected a file", path.display());
+        fail!(
+            Input,
+            "{what} {} is a directory, expected a file",
+            path.display()
+        );
     }
     let bytes = std::fs::read(path)
         .with_context(|| format!("{what} {}: cannot read", path.display()))
@@ -34,7 +38,11 @@ pub fn read_utf8(path: &Path, what: &str) -> Result<(String, String)> {
         Err(e) => {
             let off = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..off].iter().filter(|&&b| b == b'\n').count() + 1;
-            fail!(Input, "{what} {}: not valid UTF-8 (line {line}, byte {off})", path.display())
+            fail!(
+                Input,
+                "{what} {}: not valid UTF-8 (line {line}, byte {off})",
+                path.display()
+            )
         }
     }
 }
@@ -50,7 +58,9 @@ pub fn looks_like_jsonl(path: &Path, text: &str) -> bool {
     }
     text.lines()
         .find(|l| !l.trim().is_empty())
-        .is_some_and(|l| l.trim_start().starts_with('{') && serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .is_some_and(|l| {
+            l.trim_start().starts_with('{') && serde_json::from_str::<serde_json::Value>(l).is_ok()
+        })
 }
 
 /// Parse JSONL into objects, reporting the line number of a broken line.

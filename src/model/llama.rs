@@ -41,7 +41,7 @@ pub fn rope_inv_freq(c: &Value, head_dim: usize) -> Result<Rope> {
                 for f in inv.iter_mut() {
                     let wl = 2.0 * std::f32::consts::PI / *f;
                     let scaled = if wl > low_wl { *f / factor } else { *f };
-                    let medium = !(wl < high_wl) && !(wl > low_wl);
+                    let medium = wl >= high_wl && wl <= low_wl;
                     *f = if medium {
                         let smooth = (old / wl - low) / (high - low);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -75,7 +75,10 @@ impl Architecture for Llama {
         let kv = cfg::size_or(c, "num_key_value_heads", heads)?;
         let vocab = cfg::size(c, "vocab_size")?;
         if c.get("head_dim").is_none_or(|v| v.is_null()) && hidden % heads != 0 {
-            fail!(Input, "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
+            fail!(
+                Input,
+                "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            );
         }
         let hd = cfg::size_or(c, "head_dim", hidden / heads)?;
         if heads % kv != 0 {
@@ -89,11 +92,16 @@ impl Architecture for Llama {
         let tie = cfg::bool_or(c, "tie_word_embeddings", false)?;
         let attn_bias = cfg::bool_or(c, "attention_bias", false)?;
         let mlp_bias = cfg::bool_or(c, "mlp_bias", false)?;
-        let act = Activation::parse(cfg::str_or(c, "hidden_act", "silu")?)
-            .map_err(|e| crate::error::err(crate::error::Kind::Input, format!("config.json: {e}")))?;
+        let act = Activation::parse(cfg::str_or(c, "hidden_act", "silu")?).map_err(|e| {
+            crate::error::err(crate::error::Kind::Input, format!("config.json: {e}"))
+        })?;
         let rope = rope_inv_freq(c, hd)?;
 
-        let p = if store.contains("model.embed_tokens.weight") { "model." } else { "" };
+        let p = if store.contains("model.embed_tokens.weight") {
+            "model."
+        } else {
+            ""
+        };
         let f32n = |name: &str, shape: &[usize]| -> Result<candle_core::Tensor> {
             Ok(store.get(name, shape)?.to_dtype(DType::F32)?)
         };
@@ -123,10 +131,20 @@ impl Architecture for Llama {
         for i in 0..layers {
             let l = format!("{p}layers.{i}");
             let attn = Attention {
-                q: linear(format!("{l}.self_attn.q_proj"), heads * hd, hidden, attn_bias)?,
+                q: linear(
+                    format!("{l}.self_attn.q_proj"),
+                    heads * hd,
+                    hidden,
+                    attn_bias,
+                )?,
                 k: linear(format!("{l}.self_attn.k_proj"), kv * hd, hidden, attn_bias)?,
                 v: linear(format!("{l}.self_attn.v_proj"), kv * hd, hidden, attn_bias)?,
-                o: linear(format!("{l}.self_attn.o_proj"), hidden, heads * hd, attn_bias)?,
+                o: linear(
+                    format!("{l}.self_attn.o_proj"),
+                    hidden,
+                    heads * hd,
+                    attn_bias,
+                )?,
                 n_heads: heads,
                 n_kv_heads: kv,
                 head_dim: hd,
@@ -149,7 +167,10 @@ impl Architecture for Llama {
         }
         let lm_head = if tie || !store.contains("lm_head.weight") {
             if !tie {
-                fail!(Input, "checkpoint has no tensor 'lm_head.weight' and tie_word_embeddings is false");
+                fail!(
+                    Input,
+                    "checkpoint has no tensor 'lm_head.weight' and tie_word_embeddings is false"
+                );
             }
             Linear::new("lm_head", tokens.clone(), None)
         } else {

@@ -9,9 +9,12 @@ pub mod llama;
 pub mod opt;
 
 use crate::fail;
+use crate::lrp::rules::Bwd;
 use crate::source::weights::WeightStore;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use layers::attention::AttnSaved;
+use layers::mlp::MlpSaved;
 use layers::{Attention, AttnCtx, Embeddings, Linear, Mlp, Norm};
 
 /// An architecture: one file implementing this trait plus one line in [`ARCHITECTURES`].
@@ -25,13 +28,20 @@ pub trait Architecture: Sync {
 pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &opt::Opt];
 
 pub fn supported_types() -> Vec<&'static str> {
-    ARCHITECTURES.iter().flat_map(|a| a.model_types().iter().copied()).collect()
+    ARCHITECTURES
+        .iter()
+        .flat_map(|a| a.model_types().iter().copied())
+        .collect()
 }
 
 /// Build whatever architecture `model_type` names.
 pub fn build(cfg: &serde_json::Value, store: &WeightStore) -> Result<DecoderModel> {
     let Some(mt) = cfg.get("model_type").and_then(|v| v.as_str()) else {
-        fail!(Input, "config has no \"model_type\" (supported: {})", supported_types().join(", "));
+        fail!(
+            Input,
+            "config has no \"model_type\" (supported: {})",
+            supported_types().join(", ")
+        );
     };
     match ARCHITECTURES.iter().find(|a| a.model_types().contains(&mt)) {
         Some(a) => a.build(cfg, store),
@@ -76,16 +86,92 @@ pub struct Block {
     pub placement: NormPlacement,
 }
 
+/// What a block's backward pass needs (internals kept by `forward_t`).
+pub struct BlockSaved {
+    pub x: Tensor,
+    pub attn: AttnSaved,
+    pub mlp: MlpSaved,
+    /// Pre-norm: the residual stream between the branches (input of `mlp_norm`).
+    /// Post-norm: the sums fed to the two norms.
+    pub mid: Tensor,
+    pub sum2: Option<Tensor>,
+}
+
 impl Block {
     pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
+        Ok(self.forward_t(x, ctx, false)?.0)
+    }
+
+    /// Forward, optionally keeping what the backward pass needs.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        ctx: &AttnCtx,
+        keep: bool,
+    ) -> Result<(Tensor, Option<BlockSaved>)> {
         match self.placement {
             NormPlacement::Pre => {
-                let h = (x + self.attn.forward(&self.attn_norm.forward(x)?, ctx)?)?;
-                Ok((&h + self.mlp.forward(&self.mlp_norm.forward(&h)?)?)?)
+                let (a, attn) = self
+                    .attn
+                    .forward_t(&self.attn_norm.forward(x)?, ctx, keep)?;
+                let h = (x + a)?;
+                let (m, mlp) = self.mlp.forward_t(&self.mlp_norm.forward(&h)?, keep)?;
+                let y = (&h + m)?;
+                let saved = match (attn, mlp) {
+                    (Some(attn), Some(mlp)) => Some(BlockSaved {
+                        x: x.clone(),
+                        attn,
+                        mlp,
+                        mid: h,
+                        sum2: None,
+                    }),
+                    _ => None,
+                };
+                Ok((y, saved))
             }
             NormPlacement::Post => {
-                let h = self.attn_norm.forward(&(x + self.attn.forward(x, ctx)?)?)?;
-                self.mlp_norm.forward(&(&h + self.mlp.forward(&h)?)?)
+                let (a, attn) = self.attn.forward_t(x, ctx, keep)?;
+                let r1 = (x + a)?;
+                let h = self.attn_norm.forward(&r1)?;
+                let (m, mlp) = self.mlp.forward_t(&h, keep)?;
+                let r2 = (&h + m)?;
+                let y = self.mlp_norm.forward(&r2)?;
+                let saved = match (attn, mlp) {
+                    (Some(attn), Some(mlp)) => Some(BlockSaved {
+                        x: x.clone(),
+                        attn,
+                        mlp,
+                        mid: r1,
+                        sum2: Some(r2),
+                    }),
+                    _ => None,
+                };
+                Ok((y, saved))
+            }
+        }
+    }
+
+    /// Backward through the block: residual adds pass the gradient unchanged.
+    pub fn backward(
+        &self,
+        sv: &BlockSaved,
+        g_y: &Tensor,
+        ctx: &AttnCtx,
+        bwd: &mut Bwd,
+    ) -> Result<Tensor> {
+        match self.placement {
+            NormPlacement::Pre => {
+                let g_n2 = self.mlp.backward(&sv.mlp, g_y, bwd)?;
+                let g_h = (g_y + self.mlp_norm.backward(&sv.mid, &g_n2, bwd.rule)?)?;
+                let g_n1 = self.attn.backward(&sv.attn, &g_h, ctx, bwd)?;
+                Ok((&g_h + self.attn_norm.backward(&sv.x, &g_n1, bwd.rule)?)?)
+            }
+            NormPlacement::Post => {
+                let r2 = sv.sum2.as_ref().expect("post-norm keeps its sums");
+                let g_r2 = self.mlp_norm.backward(r2, g_y, bwd.rule)?;
+                let g_h = (&g_r2 + self.mlp.backward(&sv.mlp, &g_r2, bwd)?)?;
+                let g_r1 = self.attn_norm.backward(&sv.mid, &g_h, bwd.rule)?;
+                Ok((&g_r1 + self.attn.backward(&sv.attn, &g_r1, ctx, bwd)?)?)
             }
         }
     }
@@ -182,12 +268,16 @@ impl DecoderModel {
     }
 
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).collect()
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| b.linears_mut())
+            .collect()
     }
 
     /// Parameter count with a tied embedding counted once.
     pub fn parameter_count(&self) -> usize {
-        let lin = |l: &Linear| l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
+        let lin =
+            |l: &Linear| l.weight.elem_count() + l.bias.as_ref().map_or(0, |b| b.elem_count());
         let norm = |n: &Norm| match n {
             Norm::Rms { weight, .. } => weight.elem_count(),
             Norm::Layer { weight, bias, .. } => weight.elem_count() + bias.elem_count(),
@@ -228,7 +318,10 @@ pub(crate) mod cfg {
             Some(v) => match v.as_u64() {
                 Some(0) => fail!(Input, "config.json: \"{key}\" must be positive, got 0"),
                 Some(n) if n <= (1 << 32) => Ok(n as usize),
-                _ => fail!(Input, "config.json: \"{key}\" must be a positive integer, got {v}"),
+                _ => fail!(
+                    Input,
+                    "config.json: \"{key}\" must be a positive integer, got {v}"
+                ),
             },
         }
     }
@@ -245,7 +338,10 @@ pub(crate) mod cfg {
             None | Some(Value::Null) => Ok(default),
             Some(v) => match v.as_f64() {
                 Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-                _ => fail!(Input, "config.json: \"{key}\" must be a positive number, got {v}"),
+                _ => fail!(
+                    Input,
+                    "config.json: \"{key}\" must be a positive number, got {v}"
+                ),
             },
         }
     }
@@ -254,7 +350,10 @@ pub(crate) mod cfg {
         match c.get(key) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => fail!(Input, "config.json: \"{key}\" must be true or false, got {v}"),
+            Some(v) => fail!(
+                Input,
+                "config.json: \"{key}\" must be true or false, got {v}"
+            ),
         }
     }
 

@@ -34,18 +34,31 @@ impl Architecture for Opt {
         let bias = cfg::bool_or(c, "enable_bias", true)?;
         let affine = cfg::bool_or(c, "layer_norm_elementwise_affine", true)?;
         let tie = cfg::bool_or(c, "tie_word_embeddings", true)?;
-        let act = Activation::parse(cfg::str_or(c, "activation_function", "relu")?)
-            .map_err(|e| crate::error::err(crate::error::Kind::Input, format!("config.json: {e}")))?;
+        let act =
+            Activation::parse(cfg::str_or(c, "activation_function", "relu")?).map_err(|e| {
+                crate::error::err(crate::error::Kind::Input, format!("config.json: {e}"))
+            })?;
         if hidden % heads != 0 {
-            fail!(Input, "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}");
+            fail!(
+                Input,
+                "config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            );
         }
         let hd = hidden / heads;
 
-        let p = if store.contains("model.decoder.embed_tokens.weight") { "model.decoder." } else { "decoder." };
+        let p = if store.contains("model.decoder.embed_tokens.weight") {
+            "model.decoder."
+        } else {
+            "decoder."
+        };
         let linear = |name: String, out: usize, inp: usize, has_bias: bool| -> Result<Linear> {
             let w = store.get(&format!("{name}.weight"), &[out, inp])?;
             let b = if has_bias {
-                Some(store.get(&format!("{name}.bias"), &[out])?.to_dtype(DType::F32)?)
+                Some(
+                    store
+                        .get(&format!("{name}.bias"), &[out])?
+                        .to_dtype(DType::F32)?,
+                )
             } else {
                 None
             };
@@ -54,8 +67,12 @@ impl Architecture for Opt {
         let ln = |name: String| -> Result<Norm> {
             let (weight, b) = if affine {
                 (
-                    store.get(&format!("{name}.weight"), &[hidden])?.to_dtype(DType::F32)?,
-                    store.get(&format!("{name}.bias"), &[hidden])?.to_dtype(DType::F32)?,
+                    store
+                        .get(&format!("{name}.weight"), &[hidden])?
+                        .to_dtype(DType::F32)?,
+                    store
+                        .get(&format!("{name}.bias"), &[hidden])?
+                        .to_dtype(DType::F32)?,
                 )
             } else {
                 (
@@ -107,7 +124,11 @@ impl Architecture for Opt {
                 attn,
                 mlp_norm: ln(format!("{l}.final_layer_norm"))?,
                 mlp,
-                placement: if pre { NormPlacement::Pre } else { NormPlacement::Post },
+                placement: if pre {
+                    NormPlacement::Pre
+                } else {
+                    NormPlacement::Post
+                },
             });
         }
         let final_norm = if pre && !remove_final {

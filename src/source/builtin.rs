@@ -14,9 +14,18 @@ const WEIGHTS: &[u8] = include_bytes!("../../assets/demo-llama/model.safetensors
 const TOKENIZER: &[u8] = include_bytes!("../../assets/demo-llama/tokenizer.json");
 /// Extra HF files written next to a derived model (so it loads in `transformers`).
 pub const EXTRA_FILES: &[(&str, &[u8])] = &[
-    ("tokenizer_config.json", include_bytes!("../../assets/demo-llama/tokenizer_config.json")),
-    ("special_tokens_map.json", include_bytes!("../../assets/demo-llama/special_tokens_map.json")),
-    ("generation_config.json", include_bytes!("../../assets/demo-llama/generation_config.json")),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../../assets/demo-llama/tokenizer_config.json"),
+    ),
+    (
+        "special_tokens_map.json",
+        include_bytes!("../../assets/demo-llama/special_tokens_map.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("../../assets/demo-llama/generation_config.json"),
+    ),
 ];
 
 /// Held-out demo text (`valid.txt` of the demo corpus): the default evaluation text.

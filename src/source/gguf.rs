@@ -11,12 +11,21 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use std::path::Path;
 
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set
+/// (user-facing errors are one line).
+fn candle_msg(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(inner),
+        other => other.to_string(),
+    }
+}
+
 pub fn read_content(path: &Path) -> Result<(Content, std::fs::File)> {
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("opening {}", path.display()))
         .tag(Kind::Input)?;
     let content = Content::read(&mut file).map_err(|e| {
-        let msg = e.to_string();
+        let msg = candle_msg(&e);
         if let Some(id) = msg.strip_prefix("unknown dtype for tensor ") {
             crate::error::err(
                 Kind::Input,
@@ -33,7 +42,9 @@ pub fn read_content(path: &Path) -> Result<(Content, std::fs::File)> {
 }
 
 fn meta_u(c: &Content, key: &str) -> Option<usize> {
-    c.metadata.get(key).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+    c.metadata
+        .get(key)
+        .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
         .map(|x| x as usize)
 }
 
@@ -47,9 +58,17 @@ fn meta_f(c: &Content, key: &str) -> Option<f64> {
 
 /// An HF `LlamaConfig` JSON derived from GGUF metadata.
 pub fn config_from_metadata(path: &Path, c: &Content) -> Result<serde_json::Value> {
-    let arch = match c.metadata.get("general.architecture").and_then(|v| v.to_string().ok()) {
+    let arch = match c
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+    {
         Some(a) => a.clone(),
-        None => fail!(Input, "{}: GGUF metadata has no general.architecture", path.display()),
+        None => fail!(
+            Input,
+            "{}: GGUF metadata has no general.architecture",
+            path.display()
+        ),
     };
     if arch != "llama" {
         fail!(
@@ -71,9 +90,17 @@ pub fn config_from_metadata(path: &Path, c: &Content) -> Result<serde_json::Valu
             Some(Value::Array(a)) => Some(a.len()),
             _ => None,
         })
-        .or_else(|| c.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]));
+        .or_else(|| {
+            c.tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+        });
     let Some(vocab) = vocab else {
-        fail!(Input, "{}: cannot tell the vocabulary size from the GGUF metadata", path.display());
+        fail!(
+            Input,
+            "{}: cannot tell the vocabulary size from the GGUF metadata",
+            path.display()
+        );
     };
     let head_dim = meta_u(c, "llama.rope.dimension_count").unwrap_or(hidden / heads.max(1));
     let mut cfg = json!({
@@ -150,8 +177,7 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
     if heads == 0 || out % (2 * heads) != 0 {
         anyhow::bail!("cannot un-permute a [{out}, {inp}] tensor over {heads} heads");
     }
-    Ok(t
-        .reshape((heads, out / heads / 2, 2, inp))?
+    Ok(t.reshape((heads, out / heads / 2, 2, inp))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((out, inp))?)
@@ -166,27 +192,47 @@ pub fn load_gguf(
     cfg: &serde_json::Value,
 ) -> Result<()> {
     let heads = cfg["num_attention_heads"].as_u64().unwrap_or(0) as usize;
-    let kv_heads = cfg["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(heads);
+    let kv_heads = cfg["num_key_value_heads"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(heads);
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort_by_key(|n| content.tensor_infos[*n].offset);
     for name in names {
         let Some(hf) = hf_name(name) else { continue };
-        let q = content
-            .tensor(file, name, &Device::Cpu)
-            .map_err(|e| crate::error::err(Kind::Input, format!("{}: reading tensor '{name}': {e}", path.display())))?;
+        let q = content.tensor(file, name, &Device::Cpu).map_err(|e| {
+            crate::error::err(
+                Kind::Input,
+                format!(
+                    "{}: reading tensor '{name}': {}",
+                    path.display(),
+                    candle_msg(&e)
+                ),
+            )
+        })?;
         let disk = match q.dtype() {
             candle_core::quantized::GgmlDType::F16 => DType::F16,
             candle_core::quantized::GgmlDType::BF16 => DType::BF16,
             _ => DType::F32,
         };
-        let mut t = q
-            .dequantize(&Device::Cpu)
-            .with_context(|| format!("{}: dequantizing '{name}'", path.display()))
-            .tag(Kind::Input)?;
+        let mut t = q.dequantize(&Device::Cpu).map_err(|e| {
+            crate::error::err(
+                Kind::Input,
+                format!(
+                    "{}: dequantizing '{name}': {}",
+                    path.display(),
+                    candle_msg(&e)
+                ),
+            )
+        })?;
         if hf.ends_with("q_proj.weight") {
-            t = unpermute(&t, heads).with_context(|| format!("{}: '{name}'", path.display())).tag(Kind::Input)?;
+            t = unpermute(&t, heads)
+                .with_context(|| format!("{}: '{name}'", path.display()))
+                .tag(Kind::Input)?;
         } else if hf.ends_with("k_proj.weight") {
-            t = unpermute(&t, kv_heads).with_context(|| format!("{}: '{name}'", path.display())).tag(Kind::Input)?;
+            t = unpermute(&t, kv_heads)
+                .with_context(|| format!("{}: '{name}'", path.display()))
+                .tag(Kind::Input)?;
         }
         let v = t.flatten_all()?.to_vec1::<f32>()?;
         check_finite(path, name, &v)?;

@@ -25,7 +25,8 @@ impl HubId {
             !p.is_empty()
                 && p != "."
                 && p != ".."
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         if parts.len() == 2 && parts.iter().all(|p| ok_part(p)) {
             Some(HubId {
@@ -56,13 +57,17 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
 
 pub fn offline_from_env() -> bool {
     matches!(
-        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(),
+        std::env::var("HF_HUB_OFFLINE")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
         Ok("1") | Ok("true") | Ok("yes") | Ok("on")
     )
 }
@@ -130,8 +135,10 @@ fn complete(dir: &Path) -> std::result::Result<(), String> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|_| "model.safetensors.index.json".to_string())?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| "model.safetensors.index.json (unreadable)".to_string())?;
+        let text = std::fs::read_to_string(&index)
+            .map_err(|_| "model.safetensors.index.json".to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|_| "model.safetensors.index.json (unreadable)".to_string())?;
         if let Some(m) = v.get("weight_map").and_then(|m| m.as_object()) {
             for f in m.values().filter_map(|f| f.as_str()) {
                 if !dir.join(f).is_file() {
@@ -155,7 +162,11 @@ fn download(id: &HubId, cache: &Path) -> Result<HubFiles> {
         .build()
         .context("setting up the Hugging Face hub client")
         .tag(Kind::Input)?;
-    let repo = api.repo(Repo::with_revision(id.repo.clone(), RepoType::Model, id.revision.clone()));
+    let repo = api.repo(Repo::with_revision(
+        id.repo.clone(),
+        RepoType::Model,
+        id.revision.clone(),
+    ));
     let info = repo
         .info()
         .with_context(|| format!("looking up {id} on the Hugging Face hub (use --offline and a populated cache, or a local directory, without network)"))
@@ -167,7 +178,10 @@ fn download(id: &HubId, cache: &Path) -> Result<HubFiles> {
     } else if files.iter().any(|f| f == "model.safetensors") {
         wanted.push("model.safetensors".into());
     } else {
-        fail!(Input, "{id} has no safetensors weights (model.safetensors or an index)");
+        fail!(
+            Input,
+            "{id} has no safetensors weights (model.safetensors or an index)"
+        );
     }
     let mut dir = None;
     for f in &wanted {
@@ -179,7 +193,9 @@ fn download(id: &HubId, cache: &Path) -> Result<HubFiles> {
     }
     let dir = dir.expect("at least one file");
     if wanted.iter().any(|f| f == "model.safetensors.index.json") {
-        let (_, shard_of) = super::weights::safetensors_files(&dir).ok().unwrap_or_default();
+        let (_, shard_of) = super::weights::safetensors_files(&dir)
+            .ok()
+            .unwrap_or_default();
         let mut shards: Vec<&String> = shard_of.values().collect();
         shards.sort();
         shards.dedup();
@@ -203,7 +219,10 @@ mod tests {
     fn parses_hub_ids() {
         assert_eq!(
             HubId::parse("HuggingFaceTB/SmolLM2-135M"),
-            Some(HubId { repo: "HuggingFaceTB/SmolLM2-135M".into(), revision: "main".into() })
+            Some(HubId {
+                repo: "HuggingFaceTB/SmolLM2-135M".into(),
+                revision: "main".into()
+            })
         );
         assert_eq!(HubId::parse("a/b@v1.0").unwrap().revision, "v1.0");
         assert!(HubId::parse("a/b@").is_none());

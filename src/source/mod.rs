@@ -43,10 +43,22 @@ impl ModelRequest {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
-    Builtin { name: String },
-    Dir { path: PathBuf, sharded: bool },
-    Hub { id: String, commit: String, path: PathBuf, sharded: bool },
-    Gguf { path: PathBuf },
+    Builtin {
+        name: String,
+    },
+    Dir {
+        path: PathBuf,
+        sharded: bool,
+    },
+    Hub {
+        id: String,
+        commit: String,
+        path: PathBuf,
+        sharded: bool,
+    },
+    Gguf {
+        path: PathBuf,
+    },
 }
 
 impl Origin {
@@ -69,7 +81,10 @@ impl Origin {
     }
 
     pub fn sharded(&self) -> bool {
-        matches!(self, Origin::Dir { sharded: true, .. } | Origin::Hub { sharded: true, .. })
+        matches!(
+            self,
+            Origin::Dir { sharded: true, .. } | Origin::Hub { sharded: true, .. }
+        )
     }
 }
 
@@ -97,7 +112,11 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
         .with_context(|| format!("cannot read {}", path.display()))
         .tag(Kind::Input)?;
     if meta.is_dir() {
-        fail!(Input, "{} is a directory, expected a JSON file", path.display());
+        fail!(
+            Input,
+            "{} is a directory, expected a JSON file",
+            path.display()
+        );
     }
     let text = std::fs::read(path)
         .with_context(|| format!("cannot read {}", path.display()))
@@ -115,7 +134,11 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
     match std::fs::metadata(path) {
         Err(e) => fail!(Input, "cannot read tokenizer {}: {e}", path.display()),
-        Ok(m) if m.is_dir() => fail!(Input, "tokenizer {} is a directory, expected tokenizer.json", path.display()),
+        Ok(m) if m.is_dir() => fail!(
+            Input,
+            "tokenizer {} is a directory, expected tokenizer.json",
+            path.display()
+        ),
         Ok(_) => {}
     }
     let bytes = std::fs::read(path)
@@ -125,26 +148,51 @@ fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
 }
 
 pub fn tokenizer_from_bytes(bytes: &[u8], label: &Path) -> Result<tokenizers::Tokenizer> {
-    tokenizers::Tokenizer::from_bytes(bytes)
-        .map_err(|e| crate::error::err(Kind::Input, format!("{}: not a usable tokenizer.json: {e}", label.display())))
+    tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| {
+        crate::error::err(
+            Kind::Input,
+            format!("{}: not a usable tokenizer.json: {e}", label.display()),
+        )
+    })
 }
 
 /// Resolve and load a model.
 pub fn load(req: &ModelRequest) -> Result<Loaded> {
     let mut store = WeightStore::new(req.device.clone(), req.dtype);
-    let (origin, config, tok_path): (Origin, serde_json::Value, Option<PathBuf>) = match &req.model {
+    let (origin, config, tok_path): (Origin, serde_json::Value, Option<PathBuf>) = match &req.model
+    {
         None => {
             let (cfg, tok) = builtin::load_demo(&mut store)?;
             let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
-            return finish(Origin::Builtin { name: builtin::DEMO_NAME.into() }, cfg, model, tok, store);
+            return finish(
+                Origin::Builtin {
+                    name: builtin::DEMO_NAME.into(),
+                },
+                cfg,
+                model,
+                tok,
+                store,
+            );
         }
         Some(m) if m.starts_with("builtin:") => {
             if m != &format!("builtin:{}", builtin::DEMO_NAME) {
-                fail!(Usage, "--model {m}: the only built-in model is builtin:{}", builtin::DEMO_NAME);
+                fail!(
+                    Usage,
+                    "--model {m}: the only built-in model is builtin:{}",
+                    builtin::DEMO_NAME
+                );
             }
             let (cfg, tok) = builtin::load_demo(&mut store)?;
             let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
-            return finish(Origin::Builtin { name: builtin::DEMO_NAME.into() }, cfg, model, tok, store);
+            return finish(
+                Origin::Builtin {
+                    name: builtin::DEMO_NAME.into(),
+                },
+                cfg,
+                model,
+                tok,
+                store,
+            );
         }
         Some(m) => {
             let p = Path::new(m);
@@ -156,8 +204,18 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                     let cfg = read_json(&p.join("config.json"))?;
                     let (files, shard_of) = weights::safetensors_files(p)?;
                     weights::load_safetensors(&mut store, &files, &shard_of)?;
-                    let tok = req.tokenizer.clone().unwrap_or_else(|| p.join("tokenizer.json"));
-                    (Origin::Dir { path: p.to_path_buf(), sharded: !shard_of.is_empty() }, cfg, Some(tok))
+                    let tok = req
+                        .tokenizer
+                        .clone()
+                        .unwrap_or_else(|| p.join("tokenizer.json"));
+                    (
+                        Origin::Dir {
+                            path: p.to_path_buf(),
+                            sharded: !shard_of.is_empty(),
+                        },
+                        cfg,
+                        Some(tok),
+                    )
                 } else if is_gguf(p)? {
                     let (content, mut file) = gguf::read_content(p)?;
                     let beside = p.parent().map(|d| d.join("config.json"));
@@ -166,8 +224,17 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                         None => gguf::config_from_metadata(p, &content)?,
                     };
                     gguf::load_gguf(&mut store, p, &content, &mut file, &cfg)?;
-                    let tok = req.tokenizer.clone().or_else(|| p.parent().map(|d| d.join("tokenizer.json")));
-                    (Origin::Gguf { path: p.to_path_buf() }, cfg, tok)
+                    let tok = req
+                        .tokenizer
+                        .clone()
+                        .or_else(|| p.parent().map(|d| d.join("tokenizer.json")));
+                    (
+                        Origin::Gguf {
+                            path: p.to_path_buf(),
+                        },
+                        cfg,
+                        tok,
+                    )
                 } else {
                     fail!(
                         Input,
@@ -180,7 +247,10 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                 let cfg = read_json(&files.dir.join("config.json"))?;
                 let (wfiles, shard_of) = weights::safetensors_files(&files.dir)?;
                 weights::load_safetensors(&mut store, &wfiles, &shard_of)?;
-                let tok = req.tokenizer.clone().unwrap_or_else(|| files.dir.join("tokenizer.json"));
+                let tok = req
+                    .tokenizer
+                    .clone()
+                    .unwrap_or_else(|| files.dir.join("tokenizer.json"));
                 (
                     Origin::Hub {
                         id: id.to_string(),
@@ -196,7 +266,10 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
             }
         }
     };
-    let label = origin.dir().map(|d| d.join("config.json")).unwrap_or_default();
+    let label = origin
+        .dir()
+        .map(|d| d.join("config.json"))
+        .unwrap_or_default();
     let model = build(&config, &store, &label)?;
     let tok = match tok_path {
         Some(t) => {
@@ -244,7 +317,13 @@ fn finish(
 fn canonical(cfg: &serde_json::Value) -> serde_json::Value {
     let mut c = cfg.clone();
     if let Some(o) = c.as_object_mut() {
-        for k in ["transformers_version", "_name_or_path", "torch_dtype", "use_cache", "architectures"] {
+        for k in [
+            "transformers_version",
+            "_name_or_path",
+            "torch_dtype",
+            "use_cache",
+            "architectures",
+        ] {
             o.remove(k);
         }
         o.sort_keys();

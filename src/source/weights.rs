@@ -80,7 +80,10 @@ impl WeightStore {
     /// A tensor that must exist with exactly this shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         match self.tensors.get(name) {
-            None => fail!(Input, "checkpoint has no tensor '{name}' (expected shape {shape:?})"),
+            None => fail!(
+                Input,
+                "checkpoint has no tensor '{name}' (expected shape {shape:?})"
+            ),
             Some(s) => {
                 if s.tensor.dims() != shape {
                     fail!(
@@ -124,10 +127,18 @@ pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, S
         let mut files: Vec<String> = Vec::new();
         for (name, file) in map {
             let Some(file) = file.as_str() else {
-                fail!(Input, "{}: weight_map entry '{name}' is not a file name", index.display());
+                fail!(
+                    Input,
+                    "{}: weight_map entry '{name}' is not a file name",
+                    index.display()
+                );
             };
             if file.contains('/') || file.contains('\\') || file == ".." {
-                fail!(Input, "{}: shard name '{file}' is not a plain file name", index.display());
+                fail!(
+                    Input,
+                    "{}: shard name '{file}' is not a plain file name",
+                    index.display()
+                );
             }
             if !files.iter().any(|f| f == file) {
                 files.push(file.to_string());
@@ -141,7 +152,12 @@ pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, S
         let paths = files.iter().map(|f| dir.join(f)).collect::<Vec<_>>();
         for p in &paths {
             if !p.is_file() {
-                fail!(Input, "shard {} listed in {} is missing", p.display(), index.display());
+                fail!(
+                    Input,
+                    "shard {} listed in {} is missing",
+                    p.display(),
+                    index.display()
+                );
             }
         }
         Ok((paths, shard_of))
@@ -226,7 +242,12 @@ pub fn load_bytes(store: &mut WeightStore, path: &Path, bytes: &[u8]) -> Result<
 /// (JSON objects keep only the last) and absurd lengths (reported clearly, before any allocation).
 fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
     if bytes.len() < 8 {
-        fail!(Input, "{}: truncated safetensors file ({} bytes)", path.display(), bytes.len());
+        fail!(
+            Input,
+            "{}: truncated safetensors file ({} bytes)",
+            path.display(),
+            bytes.len()
+        );
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     if n > 100_000_000 || n as usize > bytes.len() - 8 {
@@ -238,18 +259,45 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
         );
     }
     let header = &bytes[8..8 + n as usize];
-    let text = std::str::from_utf8(header)
-        .map_err(|_| crate::error::err(Kind::Input, format!("{}: safetensors header is not UTF-8", path.display())))?;
+    let text = std::str::from_utf8(header).map_err(|_| {
+        crate::error::err(
+            Kind::Input,
+            format!("{}: safetensors header is not UTF-8", path.display()),
+        )
+    })?;
     let keys: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => fail!(Input, "{}: safetensors header is not a JSON object: {e}", path.display()),
+        Err(e) => fail!(
+            Input,
+            "{}: safetensors header is not a JSON object: {e}",
+            path.display()
+        ),
     };
     // serde_json's map dedups; count raw top-level keys with a streaming pass.
     let raw = count_top_level_keys(text);
     if let Some(raw) = raw {
         if raw != keys.len() {
-            fail!(Input, "{}: safetensors header lists a tensor name twice", path.display());
+            fail!(
+                Input,
+                "{}: safetensors header lists a tensor name twice",
+                path.display()
+            );
         }
+    }
+    // A file cut short: the header is intact but the tensor data it describes is not all there.
+    let data_end = keys
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let have = (bytes.len() - 8 - n as usize) as u64;
+    if data_end > have {
+        fail!(
+            Input,
+            "{}: truncated safetensors file: the header describes {data_end} bytes of tensor data but only {have} follow it",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -300,7 +348,11 @@ fn view_to_tensor(
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
                 .collect();
             if v.iter().any(|x| !x.is_finite()) {
-                fail!(Input, "{}: tensor '{name}' contains NaN or Inf", path.display());
+                fail!(
+                    Input,
+                    "{}: tensor '{name}' contains NaN or Inf",
+                    path.display()
+                );
             }
             (Tensor::from_vec(v, shape, device)?, DType::F16)
         }
@@ -310,7 +362,11 @@ fn view_to_tensor(
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
                 .collect();
             if v.iter().any(|x| !x.is_finite()) {
-                fail!(Input, "{}: tensor '{name}' contains NaN or Inf", path.display());
+                fail!(
+                    Input,
+                    "{}: tensor '{name}' contains NaN or Inf",
+                    path.display()
+                );
             }
             (Tensor::from_vec(v, shape, device)?, DType::BF16)
         }
@@ -328,7 +384,11 @@ fn view_to_tensor(
             path.display()
         ),
     };
-    let t = if t.dtype() != dtype { t.to_dtype(dtype)? } else { t };
+    let t = if t.dtype() != dtype {
+        t.to_dtype(dtype)?
+    } else {
+        t
+    };
     Ok((t, disk))
 }
 

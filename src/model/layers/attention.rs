@@ -5,6 +5,7 @@
 //! and keys/values are never copied.
 
 use super::Linear;
+use crate::lrp::rules::{uniform_share, Bwd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -42,12 +43,19 @@ impl Rope {
 pub struct AttnCtx {
     pub seq_len: usize,
     pub rope: Option<(Tensor, Tensor)>,
+    /// `-sin`, for the transposed rotation in the backward pass.
+    pub neg_sin: Option<Tensor>,
     /// `[groups·T, T]`: 0 on and below the diagonal, −∞ above, stacked `groups` times.
     pub mask: Tensor,
 }
 
 impl AttnCtx {
-    pub fn new(seq_len: usize, groups: usize, rope: Option<&Rope>, device: &Device) -> Result<Self> {
+    pub fn new(
+        seq_len: usize,
+        groups: usize,
+        rope: Option<&Rope>,
+        device: &Device,
+    ) -> Result<Self> {
         let mut m = vec![0f32; groups * seq_len * seq_len];
         for g in 0..groups {
             for i in 0..seq_len {
@@ -62,9 +70,14 @@ impl AttnCtx {
             Some(r) => Some(r.tables(seq_len, device)?),
             None => None,
         };
+        let neg_sin = match &rope {
+            Some((_, sin)) => Some(sin.neg()?),
+            None => None,
+        };
         Ok(Self {
             seq_len,
             rope,
+            neg_sin,
             mask,
         })
     }
@@ -92,14 +105,29 @@ impl Attention {
     /// `[B, T, n·d]` → `[B, n, T, d]` (contiguous).
     fn heads(&self, x: &Tensor, n: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        Ok(x.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((b, t, n, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// `x`: `[B, T, hidden]` (already normalised) → `[B, T, hidden]`.
     pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
+        Ok(self.forward_t(x, ctx, false)?.0)
+    }
+
+    /// Forward, optionally keeping what the backward pass needs.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        ctx: &AttnCtx,
+        keep: bool,
+    ) -> Result<(Tensor, Option<AttnSaved>)> {
         let (b, t, _) = x.dims3()?;
         if t != ctx.seq_len {
-            bail!("attention context built for {} tokens, got {t}", ctx.seq_len);
+            bail!(
+                "attention context built for {} tokens, got {t}",
+                ctx.seq_len
+            );
         }
         let (kv, g, d) = (self.n_kv_heads, self.groups(), self.head_dim);
         let mut q = self.heads(&self.q.forward(x)?, self.n_heads)?;
@@ -111,9 +139,8 @@ impl Attention {
         }
         // Query heads of one KV group stacked along the sequence axis.
         let q = q.reshape((b, kv, g * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let scores = scores.broadcast_add(&ctx.mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = crate::kernels::causal_softmax(&scores, t, self.scale, &ctx.mask)?;
         let ctxv = probs.matmul(&v)?; // [B, kv, g·T, d]
         let merged = ctxv
             .reshape((b, self.n_heads, t, d))?
@@ -121,8 +148,77 @@ impl Attention {
             .contiguous()?
             .reshape((b, t, self.n_heads * d))?;
         debug_assert_eq!(merged.dtype(), DType::F32);
-        self.o.forward(&merged)
+        let y = self.o.forward(&merged)?;
+        let saved = keep.then(|| AttnSaved {
+            x: x.clone(),
+            q,
+            k,
+            v,
+            probs,
+            merged,
+        });
+        Ok((y, saved))
     }
+
+    /// AttnLRP backward: softmax and linears by their plain gradient; the two bilinear products
+    /// (`q·kᵀ`, `A·v`) split uniformly between their operands, so q and k receive ¼ and v ½ of
+    /// the plain gradient. Under `Rule::Grad` everything is the plain gradient.
+    pub fn backward(
+        &self,
+        sv: &AttnSaved,
+        g_y: &Tensor,
+        ctx: &AttnCtx,
+        bwd: &mut Bwd,
+    ) -> Result<Tensor> {
+        let (b, t, _) = g_y.dims3()?;
+        let (kv, g, d) = (self.n_kv_heads, self.groups(), self.head_dim);
+        let share = uniform_share(bwd.rule, 2);
+        let g_merged = self.o.backward(&sv.merged, g_y, bwd, true)?;
+        let g_c = g_merged
+            .reshape((b, t, self.n_heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, kv, g * t, d))?;
+        // A·v
+        let g_p = (g_c.matmul(&sv.v.t()?)? * share)?;
+        let g_v = (sv.probs.t()?.matmul(&g_c)? * share)?; // [B, kv, T, d]
+                                                          // softmax: g_s = p ⊙ (g_p − Σ p ⊙ g_p); masked entries have p = 0.
+        let dot = (&sv.probs * &g_p)?.sum_keepdim(D::Minus1)?;
+        let g_s = (&sv.probs * g_p.broadcast_sub(&dot)?)?;
+        let g_s = (g_s * (self.scale * share))?;
+        // q·kᵀ
+        let g_q = g_s.matmul(&sv.k)?; // [B, kv, g·T, d]
+        let g_k = g_s.t()?.matmul(&sv.q)?; // [B, kv, T, d]
+        let mut g_q = g_q.reshape((b, self.n_heads, t, d))?;
+        let mut g_k = g_k.contiguous()?;
+        if let (Some((cos, _)), Some(neg_sin)) = (&ctx.rope, &ctx.neg_sin) {
+            // The transposed rotation undoes RoPE.
+            g_q = candle_nn::rotary_emb::rope(&g_q.contiguous()?, cos, neg_sin)?;
+            g_k = candle_nn::rotary_emb::rope(&g_k, cos, neg_sin)?;
+        }
+        let flat = |x: Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, t, n * d))?)
+        };
+        let gx = self
+            .q
+            .backward(&sv.x, &flat(g_q, self.n_heads)?, bwd, true)?;
+        let gx = (gx + self.k.backward(&sv.x, &flat(g_k, kv)?, bwd, true)?)?;
+        Ok((gx + self.v.backward(&sv.x, &flat(g_v, kv)?, bwd, true)?)?)
+    }
+}
+
+/// What the attention backward pass needs from the forward.
+pub struct AttnSaved {
+    pub x: Tensor,
+    /// Roped queries, stacked per KV group: `[B, kv, g·T, d]`.
+    pub q: Tensor,
+    /// Roped keys `[B, kv, T, d]`.
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Attention probabilities `[B, kv, g·T, T]`.
+    pub probs: Tensor,
+    /// Heads merged, the input of `o`: `[B, T, heads·d]`.
+    pub merged: Tensor,
 }
 
 /// Softmax over the last axis, exposed for tests of the attention pieces.

@@ -22,7 +22,9 @@ impl Embeddings {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         let table = f32_of(&self.tokens)?;
-        let mut x = table.index_select(&flat, 0)?.reshape((b, t, table.dims()[1]))?;
+        let mut x = table
+            .index_select(&flat, 0)?
+            .reshape((b, t, table.dims()[1]))?;
         if let Some(p) = &self.project_in {
             x = p.forward(&x)?;
         }

@@ -1,7 +1,12 @@
-//! `y = x Wᵀ + b`. Weights are public so that pruning can replace them; `name` is the HF prefix
+//! `y = x Wᵀ + b`, and its relevance rule: LRP-ε with ε → 0 (the plain gradient), or with an
+//! explicit ε. The weight relevance `W ⊙ (g_yᵀ x)` is accumulated per sample under `name`.
+//!
+//! Weights are public so that pruning can replace them; `name` is the HF prefix
 //! (`model.layers.3.self_attn.q_proj`), the key under which scores and masks are stored.
 
 use super::f32_of;
+use crate::kernels::gemm::mm;
+use crate::lrp::rules::{epsilon_scale, Bwd, Rule};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -38,12 +43,46 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let w = f32_of(&self.weight)?;
         let x2 = x.reshape((rows, inp[0]))?;
-        let mut y = x2.matmul(&w.t()?)?;
+        let mut y = mm(&x2, &w.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(f32_of(b)?.as_ref())?;
         }
         let mut out = lead.to_vec();
         out.push(self.out_features());
         Ok(y.reshape(out)?)
+    }
+
+    /// Backward from `g_y` `[B, T, out]` given the forward input `x` `[B, T, in]`; returns `g_x`.
+    /// With `accumulate`, adds this layer's weight (and bias) relevance for each sample.
+    pub fn backward(
+        &self,
+        x: &Tensor,
+        g_y: &Tensor,
+        bwd: &mut Bwd,
+        accumulate: bool,
+    ) -> Result<Tensor> {
+        let g = match bwd.rule {
+            Rule::Lrp { epsilon: Some(eps) } if eps > 0.0 => {
+                epsilon_scale(g_y, &self.forward(x)?, eps)?
+            }
+            _ => g_y.clone(),
+        };
+        let (b, t, out) = g.dims3()?;
+        let inp = self.in_features();
+        let w = f32_of(&self.weight)?;
+        let g2 = g.reshape((b * t, out))?;
+        let g_x = mm(&g2, &w)?.reshape((b, t, inp))?;
+        if accumulate && bwd.acc.enabled {
+            for s in 0..b {
+                let gs = g.get(s)?; // [T, out]
+                let xs = x.get(s)?.contiguous()?; // [T, in]
+                let grad = mm(&gs.t()?, &xs)?; // [out, in]
+                bwd.acc.add_weight(&self.name, &self.weight, &grad)?;
+                if let Some(bias) = &self.bias {
+                    bwd.acc.add_bias(&self.name, bias, &gs.sum(0)?)?;
+                }
+            }
+        }
+        Ok(g_x)
     }
 }

@@ -1,0 +1,136 @@
+//! 2-D matrix products for the linear layers and the relevance pass.
+//!
+//! By default candle's matmul (the `gemm` crate). With the `openblas` cargo feature, f32 products
+//! on the CPU go to the system OpenBLAS (`cblas_sgemm`), which is faster on many x86 machines;
+//! operands may be contiguous or transposed views, never copied.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+/// `a · b` for 2-D tensors (`[m, k] · [k, n]`); either operand may be a transposed view.
+pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if let Some(c) = blas::mm(a, b)? {
+        return Ok(c);
+    }
+    Ok(a.matmul(b)?)
+}
+
+/// Number of threads the BLAS backend uses (no-op without the `openblas` feature).
+pub fn set_threads(n: usize) {
+    #[cfg(feature = "openblas")]
+    blas::set_threads(n);
+    #[cfg(not(feature = "openblas"))]
+    let _ = n;
+}
+
+pub fn backend() -> &'static str {
+    if cfg!(feature = "openblas") {
+        "openblas"
+    } else {
+        "candle-gemm"
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod blas {
+    use anyhow::Result;
+    use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+    const ROW_MAJOR: i32 = 101;
+    const NO_TRANS: i32 = 111;
+    const TRANS: i32 = 112;
+
+    extern "C" {
+        fn cblas_sgemm(
+            order: i32,
+            ta: i32,
+            tb: i32,
+            m: i32,
+            n: i32,
+            k: i32,
+            alpha: f32,
+            a: *const f32,
+            lda: i32,
+            b: *const f32,
+            ldb: i32,
+            beta: f32,
+            c: *mut f32,
+            ldc: i32,
+        );
+        fn openblas_set_num_threads(n: i32);
+    }
+
+    pub fn set_threads(n: usize) {
+        // SAFETY: plain FFI call into OpenBLAS with a positive thread count.
+        unsafe { openblas_set_num_threads(n as i32) }
+    }
+
+    /// (transposed?, leading dimension) of a 2-D layout, if BLAS can read it as is.
+    fn blas_view(l: &Layout) -> Option<(bool, usize)> {
+        let d = l.dims();
+        let s = l.stride();
+        if d.len() != 2 {
+            return None;
+        }
+        if s[1] == 1 && s[0] >= d[1].max(1) {
+            Some((false, s[0]))
+        } else if s[0] == 1 && s[1] >= d[0].max(1) {
+            Some((true, s[1]))
+        } else {
+            None
+        }
+    }
+
+    pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (m, k) = a.dims2()?;
+        let (k2, n) = b.dims2()?;
+        if k != k2 {
+            anyhow::bail!("matmul shape mismatch: [{m}, {k}] · [{k2}, {n}]");
+        }
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
+        else {
+            return Ok(None);
+        };
+        let (Some((ta, lda)), Some((tb, ldb))) = (blas_view(la), blas_view(lb)) else {
+            return Ok(None);
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        if m > 0 && n > 0 {
+            let pa = va[la.start_offset()..].as_ptr();
+            let pb = vb[lb.start_offset()..].as_ptr();
+            // SAFETY: the views were checked to lie inside their storages with these leading
+            // dimensions; `c` has room for m·n values.
+            unsafe {
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    if ta { TRANS } else { NO_TRANS },
+                    if tb { TRANS } else { NO_TRANS },
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    1.0,
+                    pa,
+                    lda.max(1) as i32,
+                    pb,
+                    ldb.max(1) as i32,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n.max(1) as i32,
+                );
+                // With beta = 0 sgemm has written every element of the m·n output.
+                c.set_len(m * n);
+            }
+        } else {
+            c.resize(m * n, 0.0);
+        }
+        drop(sa);
+        drop(sb);
+        Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+    }
+}

@@ -1,0 +1,7 @@
+//! CPU kernels that candle lacks or does slowly for our shapes. Each has a portable fallback
+//! built from candle ops, used on other devices.
+
+pub mod gemm;
+pub mod softmax;
+
+pub use softmax::causal_softmax;

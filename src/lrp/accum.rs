@@ -1,0 +1,124 @@
+//! Per-weight relevance accumulators (f32) for every prunable linear layer, aggregated over
+//! samples as the mean of |R| (default) or signed.
+
+use anyhow::Result;
+use candle_core::Tensor;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Σ over samples of |R(sample)|.
+    Abs,
+    /// Σ over samples of R(sample).
+    Signed,
+}
+
+impl Aggregation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Abs => "abs",
+            Aggregation::Signed => "signed",
+        }
+    }
+}
+
+/// Running sums for one linear layer.
+#[derive(Clone, Debug)]
+pub struct LinearAcc {
+    pub shape: [usize; 2],
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Accumulators {
+    pub aggregation: Aggregation,
+    pub layers: BTreeMap<String, LinearAcc>,
+    /// Samples accumulated so far.
+    pub samples: usize,
+    /// When false, weight relevance is not accumulated (e.g. for pure input attribution).
+    pub enabled: bool,
+}
+
+/// Read a contiguous f32 CPU tensor without copying.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.to_device(&candle_core::Device::Cpu)?.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            let (a, b) = l.contiguous_offsets().expect("contiguous");
+            Ok(f(&v[a..b]))
+        }
+        _ => anyhow::bail!("expected an f32 tensor"),
+    }
+}
+
+impl Accumulators {
+    pub fn new(aggregation: Aggregation) -> Self {
+        Self {
+            aggregation,
+            layers: BTreeMap::new(),
+            samples: 0,
+            enabled: true,
+        }
+    }
+
+    /// Add one sample's relevance `w ⊙ grad` for a layer.
+    pub fn add_weight(&mut self, name: &str, w: &Tensor, grad: &Tensor) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let (o, i) = w.dims2()?;
+        let abs = self.aggregation == Aggregation::Abs;
+        let entry = self
+            .layers
+            .entry(name.to_string())
+            .or_insert_with(|| LinearAcc {
+                shape: [o, i],
+                weight: vec![0.0; o * i],
+                bias: None,
+            });
+        let w32 = w.to_dtype(candle_core::DType::F32)?;
+        with_f32(&w32, |wv| {
+            with_f32(grad, |gv| {
+                entry
+                    .weight
+                    .par_chunks_mut(4096)
+                    .zip(wv.par_chunks(4096).zip(gv.par_chunks(4096)))
+                    .for_each(|(a, (w, g))| {
+                        if abs {
+                            for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
+                                *a += (w * g).abs();
+                            }
+                        } else {
+                            for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
+                                *a += w * g;
+                            }
+                        }
+                    })
+            })
+        })??;
+        Ok(())
+    }
+
+    /// Add one sample's bias relevance `b ⊙ Σ_t g_t`.
+    pub fn add_bias(&mut self, name: &str, b: &Tensor, gsum: &Tensor) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let abs = self.aggregation == Aggregation::Abs;
+        let bv = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let gv = gsum.to_vec1::<f32>()?;
+        let Some(entry) = self.layers.get_mut(name) else {
+            anyhow::bail!("bias relevance for {name} before its weight relevance");
+        };
+        let acc = entry.bias.get_or_insert_with(|| vec![0.0; bv.len()]);
+        for ((a, b), g) in acc.iter_mut().zip(&bv).zip(&gv) {
+            let r = b * g;
+            *a += if abs { r.abs() } else { r };
+        }
+        Ok(())
+    }
+}

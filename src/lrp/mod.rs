@@ -1,0 +1,256 @@
+//! The relevance engine: one forward pass, then a hand-written backward pass through the
+//! layers' AttnLRP rules (each rule lives beside its layer's forward in `model/layers/`), with
+//! per-weight relevance accumulated on the way. No autograd graph is built.
+//!
+//! Memory modes: `Store` keeps every block's internals from the forward; `Recompute` keeps only
+//! block inputs and recomputes a block's internals when the backward pass reaches it, so peak
+//! memory is weights + accumulators + one block's activations.
+
+pub mod accum;
+pub mod rules;
+
+use crate::fail;
+use crate::model::DecoderModel;
+use anyhow::Result;
+use candle_core::{DType, Tensor, D};
+use rules::Bwd;
+
+/// What the start relevance explains.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Target {
+    /// Every position t < T−1 explains the logit of the true next token.
+    NextToken,
+    /// The final position explains the logit of `token` (default: the argmax).
+    Last { token: Option<u32> },
+    /// `logit(target) − logit(foil)` at the final position.
+    LogitDiff { target: u32, foil: u32 },
+    /// The logits of the continuation tokens after a prompt of `prompt_len` tokens.
+    Span { prompt_len: usize },
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::NextToken => "next-token",
+            Target::Last { .. } => "last",
+            Target::LogitDiff { .. } => "logit-diff",
+            Target::Span { .. } => "span",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryMode {
+    Store,
+    Recompute,
+}
+
+/// Per-pass results besides the accumulated weight relevance.
+#[derive(Debug, Clone)]
+pub struct PassResult {
+    /// The start relevance (sum of the explained logits) per sequence.
+    pub start_per_seq: Vec<f64>,
+    /// Relevance of each input token (token embedding · gradient, summed over hidden): `[B][T]`.
+    pub input_relevance: Vec<Vec<f32>>,
+    /// OPT: relevance reaching the learned position embeddings `[B][T]`.
+    pub position_relevance: Option<Vec<Vec<f32>>>,
+    /// `last`: the explained token of each sequence.
+    pub target_ids: Option<Vec<u32>>,
+}
+
+fn row_sums(x: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(x.sum(D::Minus1)?.to_vec2::<f32>()?)
+}
+
+/// Run one relevance pass on `ids` `[B, T]`, accumulating weight relevance into `bwd.acc`.
+pub fn relevance_pass(
+    model: &DecoderModel,
+    ids: &Tensor,
+    target: &Target,
+    mode: MemoryMode,
+    bwd: &mut Bwd,
+) -> Result<PassResult> {
+    model.check_input(ids)?;
+    let (b, t) = ids.dims2()?;
+    if matches!(target, Target::NextToken) && t < 2 {
+        fail!(
+            Input,
+            "next-token relevance needs sequences of at least 2 tokens, got {t}"
+        );
+    }
+    if let Target::Span { prompt_len } = target {
+        if *prompt_len == 0 || *prompt_len >= t {
+            fail!(Input, "a continuation span needs a non-empty prompt and continuation ({prompt_len} of {t} tokens)");
+        }
+    }
+    let ctx = model.attn_ctx(t)?;
+    let ids_v: Vec<Vec<u32>> = ids.to_vec2::<u32>()?;
+
+    // Embeddings (kept apart so that their relevance can be read off).
+    let emb = &model.embed;
+    let table = crate::model::layers::f32_of(&emb.tokens)?;
+    let e = table
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, table.dims()[1]))?;
+    let e_proj = match &emb.project_in {
+        Some(p) => p.forward(&e)?,
+        None => e.clone(),
+    };
+    let pos = emb.position_embeddings(t)?;
+    let x0 = match &pos {
+        Some(p) => e_proj.broadcast_add(p)?,
+        None => e_proj.clone(),
+    };
+
+    // Forward through the blocks.
+    let mut inputs = Vec::with_capacity(model.blocks.len());
+    let mut stored = Vec::new();
+    let mut h = x0;
+    for block in &model.blocks {
+        inputs.push(h.clone());
+        let keep = mode == MemoryMode::Store;
+        let (y, saved) = block.forward_t(&h, &ctx, keep)?;
+        if let Some(s) = saved {
+            stored.push(s);
+        }
+        h = y;
+    }
+    let h_last = h;
+    let normed = match &model.final_norm {
+        Some(n) => n.forward(&h_last)?,
+        None => h_last.clone(),
+    };
+    let out = match &model.project_out {
+        Some(p) => p.forward(&normed)?,
+        None => normed.clone(),
+    };
+    let head_w = crate::model::layers::f32_of(&model.lm_head.weight)?.into_owned();
+    let dout = head_w.dims()[1];
+
+    // Seeds: (sequence, position, token, coefficient).
+    let mut seeds: Vec<(usize, usize, u32, f32)> = Vec::new();
+    let mut target_ids = None;
+    match target {
+        Target::NextToken => {
+            for (bi, row) in ids_v.iter().enumerate() {
+                for ti in 0..t - 1 {
+                    seeds.push((bi, ti, row[ti + 1], 1.0));
+                }
+            }
+        }
+        Target::Span { prompt_len } => {
+            for (bi, row) in ids_v.iter().enumerate() {
+                for ti in prompt_len - 1..t - 1 {
+                    seeds.push((bi, ti, row[ti + 1], 1.0));
+                }
+            }
+        }
+        Target::Last { token } => {
+            let last = out.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, dout]
+            let mut chosen = Vec::with_capacity(b);
+            match token {
+                Some(tok) => {
+                    if *tok as usize >= model.dims.vocab {
+                        fail!(
+                            Usage,
+                            "--token {tok} is outside the vocabulary (size {})",
+                            model.dims.vocab
+                        );
+                    }
+                    chosen = vec![*tok; b];
+                }
+                None => {
+                    let logits = crate::kernels::gemm::mm(&last, &head_w.t()?)?;
+                    for row in logits.to_vec2::<f32>()? {
+                        // First maximum, as torch.argmax.
+                        let mut best = 0usize;
+                        for (i, &v) in row.iter().enumerate() {
+                            if v > row[best] {
+                                best = i;
+                            }
+                        }
+                        chosen.push(best as u32);
+                    }
+                }
+            }
+            for (bi, &tok) in chosen.iter().enumerate() {
+                seeds.push((bi, t - 1, tok, 1.0));
+            }
+            target_ids = Some(chosen);
+        }
+        Target::LogitDiff { target: tg, foil } => {
+            for tok in [tg, foil] {
+                if *tok as usize >= model.dims.vocab {
+                    fail!(
+                        Usage,
+                        "token id {tok} is outside the vocabulary (size {})",
+                        model.dims.vocab
+                    );
+                }
+            }
+            for bi in 0..b {
+                seeds.push((bi, t - 1, *tg, 1.0));
+                seeds.push((bi, t - 1, *foil, -1.0));
+            }
+        }
+    }
+
+    // Start relevance and the gradient at the head's input, without the full vocabulary matmul.
+    let out_v = out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut g_out = vec![0f32; b * t * dout];
+    let mut start = vec![0f64; b];
+    accum::with_f32(&head_w, |wv| {
+        for &(bi, ti, tok, c) in &seeds {
+            let row = &wv[tok as usize * dout..(tok as usize + 1) * dout];
+            let off = (bi * t + ti) * dout;
+            let hv = &out_v[off..off + dout];
+            let logit: f64 = row
+                .iter()
+                .zip(hv)
+                .map(|(w, h)| (*w as f64) * (*h as f64))
+                .sum();
+            start[bi] += c as f64 * logit;
+            for (g, w) in g_out[off..off + dout].iter_mut().zip(row) {
+                *g += c * w;
+            }
+        }
+    })?;
+    let mut g = Tensor::from_vec(g_out, (b, t, dout), &model.device)?;
+    if let Some(p) = &model.project_out {
+        g = p.backward(&normed, &g, bwd, false)?;
+    }
+    if let Some(n) = &model.final_norm {
+        g = n.backward(&h_last, &g, bwd.rule)?;
+    }
+
+    // Backward through the blocks, last to first.
+    for (i, block) in model.blocks.iter().enumerate().rev() {
+        let recomputed;
+        let saved = match mode {
+            MemoryMode::Store => &stored[i],
+            MemoryMode::Recompute => {
+                recomputed = block.forward_t(&inputs[i], &ctx, true)?.1.expect("kept");
+                &recomputed
+            }
+        };
+        g = block.backward(saved, &g, &ctx, bwd)?;
+    }
+
+    let position_relevance = match &pos {
+        Some(p) => Some(row_sums(&g.broadcast_mul(p)?)?),
+        None => None,
+    };
+    let g_e = match &emb.project_in {
+        Some(p) => p.backward(&e, &g, bwd, false)?,
+        None => g,
+    };
+    let input_relevance = row_sums(&(&e * &g_e)?)?;
+    Ok(PassResult {
+        start_per_seq: start,
+        input_relevance,
+        position_relevance,
+        target_ids,
+    })
+}

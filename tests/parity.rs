@@ -1,0 +1,63 @@
+//! Logit parity with the transformers goldens (shared/golden/<model>.safetensors) and the
+//! parameter counts stated in shared/README.md.
+
+mod common;
+
+use candle_core::{DType, Device};
+use sparc3::source::{load, ModelRequest};
+
+const TOL: f32 = 1e-4;
+
+fn check(name: &str, expected_params: usize) {
+    let dir = common::model_dir(name);
+    let loaded = load(&ModelRequest::cpu(dir.to_string_lossy()))
+        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"));
+    assert_eq!(
+        loaded.model.parameter_count(),
+        expected_params,
+        "{name}: parameter count"
+    );
+
+    let g = candle_core::safetensors::load(common::golden(name), &Device::Cpu).unwrap();
+    let ids = g.get("input_ids").expect("golden has input_ids");
+    let want = g.get("logits").expect("golden has logits");
+    assert_eq!(ids.dtype(), DType::I64);
+    assert_eq!(ids.dims(), &[2, 16]);
+    let vocab = loaded.model.dims.vocab;
+    assert_eq!(want.dims(), &[2, 16, vocab], "{name}: golden logits shape");
+
+    let ids = ids.to_dtype(DType::U32).unwrap();
+    let got = loaded.model.forward(&ids).unwrap();
+    assert_eq!(got.dtype(), DType::F32);
+    let err = common::max_abs_diff(&got, want);
+    println!("{name}: max |logit - golden| = {err:.3e} (parameters {expected_params})");
+    assert!(
+        err <= TOL,
+        "{name}: max abs logit error {err:e} exceeds {TOL:e}"
+    );
+}
+
+#[test]
+fn parity_tiny_random_llama() {
+    check("tiny-random-llama", 156_480);
+}
+
+#[test]
+fn parity_tiny_random_opt() {
+    check("tiny-random-opt", 149_376);
+}
+
+#[test]
+fn parity_stories260k() {
+    check("stories260k", 260_032);
+}
+
+#[test]
+fn parity_demo_llama() {
+    check("demo-llama", 1_049_728);
+}
+
+#[test]
+fn parity_demo_opt() {
+    check("demo-opt", 1_121_280);
+}
