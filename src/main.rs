@@ -6,6 +6,7 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    sparc3::util::tune_allocator();
     let cli = match sparc3::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -14,9 +14,10 @@ pub struct EvalArgs {
     /// lines). Default: the built-in held-out demo text.
     #[arg(long)]
     pub text: Option<PathBuf>,
-    /// Window length in tokens.
-    #[arg(long, default_value_t = 512)]
-    pub seq_len: usize,
+    /// Window length in tokens (default: 512; 256 for the built-in demo model, its training
+    /// context).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Evaluate only the first N windows.
     #[arg(long)]
     pub max_windows: Option<usize>,
@@ -34,8 +35,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let loaded = crate::source::load(&req)?;
     let ids = data::encode_plain(&loaded.tokenizer, &src.text)?;
+    let seq_len = a.seq_len.unwrap_or(match loaded.origin {
+        crate::source::Origin::Builtin { .. } => 256,
+        _ => 512,
+    });
     let pb = output::bar(0, "windows", false);
-    let r = perplexity::perplexity(&loaded.model, &ids, a.seq_len, a.max_windows, |i, n| {
+    let r = perplexity::perplexity(&loaded.model, &ids, seq_len, a.max_windows, |i, n| {
         pb.set_length(n as u64);
         pb.set_position(i as u64);
     })?;

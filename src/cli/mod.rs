@@ -1,7 +1,9 @@
 //! Command-line interface: argument types, dispatch, output. No numerics here.
 
+mod attribute;
 mod eval;
 mod info;
+mod merge;
 pub mod output;
 
 use crate::source::ModelRequest;
@@ -30,6 +32,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Architecture, sizes and the prunable linear layers of a model.
     Info(info::InfoArgs),
+    /// AttnLRP (or gradient) relevance of every prunable weight over calibration samples.
+    Attribute(attribute::AttributeArgs),
+    /// Combine the relevance files of a sharded `attribute` run.
+    Merge(merge::MergeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -129,5 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
+        Command::Attribute(a) => attribute::run(a),
+        Command::Merge(a) => merge::run(a),
     }
 }

@@ -16,6 +16,16 @@ pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.matmul(b)?)
 }
 
+/// Batched product over the two leading axes: `[B, H, m, k] · [B, H, k, n]` → `[B, H, m, n]`;
+/// the last two axes of either operand may be a transposed view.
+pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if let Some(c) = blas::bmm(a, b)? {
+        return Ok(c);
+    }
+    Ok(a.matmul(b)?)
+}
+
 /// Number of threads the BLAS backend uses (no-op without the `openblas` feature).
 pub fn set_threads(n: usize) {
     #[cfg(feature = "openblas")]
@@ -80,6 +90,69 @@ mod blas {
         } else {
             None
         }
+    }
+
+    /// 4-D batched product into one output buffer (one sgemm per leading index pair).
+    pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (b0, h, m, k) = a.dims4()?;
+        let (b1, h1, k2, n) = b.dims4()?;
+        if (b0, h, k) != (b1, h1, k2) {
+            anyhow::bail!("bmm shape mismatch: {:?} · {:?}", a.dims(), b.dims());
+        }
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
+        else {
+            return Ok(None);
+        };
+        let inner = |l: &Layout| -> Option<(bool, usize, [usize; 2])> {
+            let d = l.dims();
+            let s = l.stride();
+            let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
+            blas_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
+        };
+        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner(la), inner(lb)) else {
+            return Ok(None);
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
+        if m > 0 && n > 0 && k > 0 {
+            for i in 0..b0 {
+                for j in 0..h {
+                    let pa = va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr();
+                    let pb = vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr();
+                    // SAFETY: offsets and leading dimensions come from the operands' layouts;
+                    // the output slice (i, j) lies inside `c`'s capacity.
+                    unsafe {
+                        cblas_sgemm(
+                            ROW_MAJOR,
+                            if ta { TRANS } else { NO_TRANS },
+                            if tb { TRANS } else { NO_TRANS },
+                            m as i32,
+                            n as i32,
+                            k as i32,
+                            1.0,
+                            pa,
+                            lda.max(1) as i32,
+                            pb,
+                            ldb.max(1) as i32,
+                            0.0,
+                            c.as_mut_ptr().add((i * h + j) * m * n),
+                            n as i32,
+                        );
+                    }
+                }
+            }
+            // SAFETY: every (i, j) block of m·n outputs was written above (beta = 0).
+            unsafe { c.set_len(b0 * h * m * n) };
+        } else {
+            c.resize(b0 * h * m * n, 0.0);
+        }
+        drop(sa);
+        drop(sb);
+        Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
     }
 
     pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {

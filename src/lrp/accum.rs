@@ -30,6 +30,9 @@ pub struct LinearAcc {
     pub shape: [usize; 2],
     pub weight: Vec<f32>,
     pub bias: Option<Vec<f32>>,
+    /// Relevance of each input feature (`Σ_t x ⊙ g_x`): the neurons of `down`/`fc2`, the
+    /// head slices of `o`.
+    pub inputs: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,7 @@ impl Accumulators {
                 shape: [o, i],
                 weight: vec![0.0; o * i],
                 bias: None,
+                inputs: vec![0.0; i],
             });
         let w32 = w.to_dtype(candle_core::DType::F32)?;
         with_f32(&w32, |wv| {
@@ -100,6 +104,22 @@ impl Accumulators {
                     })
             })
         })??;
+        Ok(())
+    }
+
+    /// Add one sample's input-feature relevance `Σ_t x ⊙ g_x` (`[in]`).
+    pub fn add_inputs(&mut self, name: &str, r: &Tensor) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let abs = self.aggregation == Aggregation::Abs;
+        let rv = r.to_vec1::<f32>()?;
+        let Some(entry) = self.layers.get_mut(name) else {
+            anyhow::bail!("input relevance for {name} before its weight relevance");
+        };
+        for (a, r) in entry.inputs.iter_mut().zip(&rv) {
+            *a += if abs { r.abs() } else { *r };
+        }
         Ok(())
     }
 

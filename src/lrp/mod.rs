@@ -7,6 +7,7 @@
 //! memory is weights + accumulators + one block's activations.
 
 pub mod accum;
+pub mod file;
 pub mod rules;
 
 use crate::fail;
@@ -253,4 +254,55 @@ pub fn relevance_pass(
         position_relevance,
         target_ids,
     })
+}
+
+/// Estimated bytes of saved activations per sample for `Store` mode (f32).
+pub fn store_bytes(model: &DecoderModel, seq_len: usize) -> usize {
+    let d = &model.dims;
+    let t = seq_len;
+    let per_block = t * d.hidden * 4 // block input, norm outputs, residual
+        + t * d.heads * d.head_dim * 2 // q, merged
+        + t * d.kv_heads * d.head_dim * 2 // k, v
+        + d.heads * t * t // probabilities
+        + t * d.intermediate * 4; // pre-activation, activation, up, product
+    per_block * d.layers * 4
+}
+
+/// Pick a memory mode: keep everything when it fits comfortably, recompute otherwise.
+pub fn auto_mode(model: &DecoderModel, seq_len: usize) -> MemoryMode {
+    let need = store_bytes(model, seq_len);
+    let avail = crate::util::mem_available().unwrap_or(8 << 30);
+    if need <= (2usize << 30).min(avail / 4) {
+        MemoryMode::Store
+    } else {
+        MemoryMode::Recompute
+    }
+}
+
+/// Attribute a list of samples (batch 1 each), accumulating into `acc`.
+/// Returns the per-sample token relevances and start values.
+pub fn run_samples(
+    model: &DecoderModel,
+    samples: &[Vec<u32>],
+    target: impl Fn(usize) -> Target,
+    rule: rules::Rule,
+    mode: MemoryMode,
+    acc: &mut accum::Accumulators,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
+    let mut token_rel = Vec::with_capacity(samples.len());
+    let mut starts = Vec::with_capacity(samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
+        let mut bwd = Bwd {
+            rule,
+            acc: &mut *acc,
+        };
+        let r = relevance_pass(model, &ids, &target(i), mode, &mut bwd)?;
+        acc.samples += 1;
+        token_rel.push(r.input_relevance.into_iter().next().unwrap_or_default());
+        starts.push(r.start_per_seq[0]);
+        progress(i + 1);
+    }
+    Ok((token_rel, starts))
 }

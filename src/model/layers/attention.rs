@@ -5,6 +5,7 @@
 //! and keys/values are never copied.
 
 use super::Linear;
+use crate::kernels::gemm::bmm;
 use crate::lrp::rules::{uniform_share, Bwd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -139,9 +140,9 @@ impl Attention {
         }
         // Query heads of one KV group stacked along the sequence axis.
         let q = q.reshape((b, kv, g * t, d))?;
-        let scores = q.matmul(&k.t()?)?;
+        let scores = bmm(&q, &k.t()?)?;
         let probs = crate::kernels::causal_softmax(&scores, t, self.scale, &ctx.mask)?;
-        let ctxv = probs.matmul(&v)?; // [B, kv, g·T, d]
+        let ctxv = bmm(&probs, &v)?; // [B, kv, g·T, d]
         let merged = ctxv
             .reshape((b, self.n_heads, t, d))?
             .transpose(1, 2)?
@@ -180,15 +181,15 @@ impl Attention {
             .contiguous()?
             .reshape((b, kv, g * t, d))?;
         // A·v
-        let g_p = (g_c.matmul(&sv.v.t()?)? * share)?;
-        let g_v = (sv.probs.t()?.matmul(&g_c)? * share)?; // [B, kv, T, d]
-                                                          // softmax: g_s = p ⊙ (g_p − Σ p ⊙ g_p); masked entries have p = 0.
+        let g_p = (bmm(&g_c, &sv.v.t()?)? * share)?;
+        let g_v = (bmm(&sv.probs.t()?, &g_c)? * share)?; // [B, kv, T, d]
+                                                         // softmax: g_s = p ⊙ (g_p − Σ p ⊙ g_p); masked entries have p = 0.
         let dot = (&sv.probs * &g_p)?.sum_keepdim(D::Minus1)?;
         let g_s = (&sv.probs * g_p.broadcast_sub(&dot)?)?;
         let g_s = (g_s * (self.scale * share))?;
         // q·kᵀ
-        let g_q = g_s.matmul(&sv.k)?; // [B, kv, g·T, d]
-        let g_k = g_s.t()?.matmul(&sv.q)?; // [B, kv, T, d]
+        let g_q = bmm(&g_s, &sv.k)?; // [B, kv, g·T, d]
+        let g_k = bmm(&g_s.t()?, &sv.q)?; // [B, kv, T, d]
         let mut g_q = g_q.reshape((b, self.n_heads, t, d))?;
         let mut g_k = g_k.contiguous()?;
         if let (Some((cos, _)), Some(neg_sin)) = (&ctx.rope, &ctx.neg_sin) {

@@ -81,6 +81,8 @@ impl Linear {
                 if let Some(bias) = &self.bias {
                     bwd.acc.add_bias(&self.name, bias, &gs.sum(0)?)?;
                 }
+                bwd.acc
+                    .add_inputs(&self.name, &(&xs * g_x.get(s)?)?.sum(0)?)?;
             }
         }
         Ok(g_x)

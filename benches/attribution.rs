@@ -1,0 +1,81 @@
+//! Attribution benchmark on SmolLM2-135M (GGUF): one attribution (forward + relevance pass +
+//! weight accumulation for all 210 decoder linears) for one sequence of 128 and of 512 tokens,
+//! targets `last` and `next-token`, both memory modes; median of 3 after a warm-up, and the peak
+//! RSS of each configuration. `cargo bench --bench attribution`.
+//! Reference (LXT 2.1 on PyTorch 2.6, same 2-core machine, `last`): 1.43 s and 2.55 s.
+
+use candle_core::Tensor;
+use sparc3::lrp::accum::{Accumulators, Aggregation};
+use sparc3::lrp::rules::{Bwd, Rule};
+use sparc3::lrp::{relevance_pass, MemoryMode, Target};
+use std::time::Instant;
+
+fn rss_mib(key: &str) -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn reset_peak() {
+    // Linux: writing 5 resets the peak RSS (VmHWM) to the current RSS.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn main() -> anyhow::Result<()> {
+    sparc3::util::tune_allocator();
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/smollm2-135m");
+    let model = std::env::var("SPARC3_BENCH_MODEL").unwrap_or(
+        root.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+            .display()
+            .to_string(),
+    );
+    let loaded = sparc3::source::load(&sparc3::source::ModelRequest::cpu(model.clone()))?;
+    println!(
+        "model {model}, {} threads, matmul backend {}",
+        rayon::current_num_threads(),
+        sparc3::kernels::gemm::backend()
+    );
+    let text =
+        std::fs::read_to_string(root.join("../../data/wikitext-2-raw/wiki.test.joined.txt"))?;
+    let ids = sparc3::data::encode_plain(&loaded.tokenizer, &text[..20000])?;
+    let mut acc = Accumulators::new(Aggregation::Abs);
+    println!(
+        "weights + accumulators resident: {:.0} MiB",
+        rss_mib("VmRSS:")
+    );
+    for mode in [MemoryMode::Recompute, MemoryMode::Store] {
+        for &t in &[128usize, 512] {
+            for target in [Target::Last { token: None }, Target::NextToken] {
+                let input = Tensor::from_slice(&ids[..t], (1, t), &loaded.model.device)?;
+                let mut run = || -> anyhow::Result<f64> {
+                    let s = Instant::now();
+                    let mut bwd = Bwd {
+                        rule: Rule::Lrp { epsilon: None },
+                        acc: &mut acc,
+                    };
+                    relevance_pass(&loaded.model, &input, &target, mode, &mut bwd)?;
+                    Ok(s.elapsed().as_secs_f64())
+                };
+                run()?;
+                reset_peak();
+                let mut times = [run()?, run()?, run()?];
+                times.sort_by(f64::total_cmp);
+                println!(
+                    "{:<9} {:>4} tokens {:<10}: median {:.3} s (min {:.3})  peak RSS {:.0} MiB",
+                    format!("{mode:?}"),
+                    t,
+                    target.name(),
+                    times[1],
+                    times[0],
+                    rss_mib("VmHWM:")
+                );
+            }
+        }
+    }
+    Ok(())
+}

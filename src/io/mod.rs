@@ -1,0 +1,88 @@
+//! Output writing: every file is written under a temporary name in its destination directory,
+//! fsynced and renamed into place, so a reader never sees a half-written output.
+
+use crate::error::{Kind, Tag};
+use crate::fail;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Refuse to write over an existing path unless `force`, or over one of `inputs`.
+pub fn check_output(out: &Path, force: bool, inputs: &[PathBuf]) -> Result<()> {
+    let canon_out = canonical_target(out);
+    for i in inputs {
+        if let (Ok(a), Some(b)) = (i.canonicalize(), canon_out.as_ref()) {
+            if &a == b {
+                fail!(
+                    Usage,
+                    "--out {} is one of the inputs ({}); refusing to overwrite it",
+                    out.display(),
+                    i.display()
+                );
+            }
+        }
+    }
+    if out.exists() && !force {
+        fail!(
+            Output,
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        fail!(
+            Output,
+            "{} is a directory, expected a file path",
+            out.display()
+        );
+    }
+    let parent = parent_dir(out);
+    if !parent.is_dir() {
+        fail!(Output, "directory {} does not exist", parent.display());
+    }
+    Ok(())
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Canonical form of a path that may not exist yet (its parent must).
+fn canonical_target(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let parent = parent_dir(p).canonicalize().ok()?;
+    Some(parent.join(p.file_name()?))
+}
+
+/// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
+    let res = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        drop(f);
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.tag(Kind::Output)
+}

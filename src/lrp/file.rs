@@ -1,0 +1,320 @@
+//! Relevance files: per-weight relevance (mean over samples) in safetensors, tensors named as
+//! the model's weights, plus `neurons.*` (MLP hidden units), `heads.*` (attention heads) and
+//! `tokens.*` (per-token input relevance), with the full protocol in the metadata. Shards of one
+//! run merge into the file a single run would have written.
+
+use super::accum::{Accumulators, Aggregation};
+use crate::error::{Kind, Tag};
+use crate::fail;
+use crate::model::{layers::Mlp, DecoderModel};
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub const FORMAT: &str = "sparc3-relevance/1";
+
+/// Everything that identifies a relevance run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RelMeta {
+    pub format: String,
+    pub model: String,
+    pub config_sha256: String,
+    pub data_file: String,
+    pub data_sha256: String,
+    pub recipe: String,
+    pub target: String,
+    pub rule: String,
+    pub epsilon: Option<f32>,
+    pub aggregation: Aggregation,
+    pub seq_len: usize,
+    pub seed: u64,
+    /// Samples of the whole run, and those covered by this file.
+    pub samples_total: usize,
+    pub samples: usize,
+    /// Shards covered by this file (`[i]` for shard i; all of them after a merge).
+    pub shards: Vec<usize>,
+    pub shard_count: usize,
+    pub sparc3_version: String,
+}
+
+impl RelMeta {
+    /// The fields that must agree for two files to be merged or compared.
+    fn run_key(&self) -> serde_json::Value {
+        serde_json::json!([
+            self.format,
+            self.config_sha256,
+            self.data_sha256,
+            self.recipe,
+            self.target,
+            self.rule,
+            self.epsilon,
+            self.aggregation,
+            self.seq_len,
+            self.seed,
+            self.samples_total,
+            self.shard_count
+        ])
+    }
+}
+
+/// Per-sample token ids and input relevance, for inspection.
+pub struct TokenTable {
+    /// Global index of the first sample (its position in the whole run's sample list).
+    pub first_index: usize,
+    pub ids: Vec<Vec<u32>>,
+    pub relevance: Vec<Vec<f32>>,
+}
+
+pub struct RelevanceFile {
+    pub meta: RelMeta,
+    /// name → (shape, values)
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl RelevanceFile {
+    /// Means over the accumulated samples, named after the model's weights.
+    pub fn from_accumulators(
+        meta: RelMeta,
+        model: &DecoderModel,
+        acc: &Accumulators,
+        tokens: Option<TokenTable>,
+    ) -> Result<Self> {
+        let n = acc.samples.max(1) as f32;
+        let mean = |v: &[f32]| v.iter().map(|x| x / n).collect::<Vec<f32>>();
+        let mut tensors = BTreeMap::new();
+        for lin in model.linears() {
+            let Some(a) = acc.layers.get(&lin.name) else {
+                fail!(Input, "no relevance was accumulated for {}", lin.name);
+            };
+            tensors.insert(
+                format!("{}.weight", lin.name),
+                (a.shape.to_vec(), mean(&a.weight)),
+            );
+            if let Some(b) = &a.bias {
+                tensors.insert(format!("{}.bias", lin.name), (vec![b.len()], mean(b)));
+            }
+        }
+        for block in &model.blocks {
+            let (down, prefix) = match &block.mlp {
+                Mlp::Gated { down, .. } => {
+                    (down, down.name.trim_end_matches(".down_proj").to_string())
+                }
+                Mlp::Plain { fc2, .. } => (fc2, fc2.name.trim_end_matches(".fc2").to_string()),
+            };
+            let a = &acc.layers[&down.name];
+            tensors.insert(
+                format!("neurons.{prefix}"),
+                (vec![a.inputs.len()], mean(&a.inputs)),
+            );
+            let o = &block.attn.o;
+            let a = &acc.layers[&o.name];
+            let d = block.attn.head_dim;
+            let heads: Vec<f32> = a
+                .inputs
+                .chunks(d)
+                .map(|c| c.iter().sum::<f32>() / n)
+                .collect();
+            let prefix = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
+            tensors.insert(format!("heads.{prefix}"), (vec![heads.len()], heads));
+        }
+        if let Some(tt) = tokens {
+            let ids = &tt.ids;
+            let t = ids.first().map_or(0, |r| r.len());
+            if t > 0 && ids.iter().all(|r| r.len() == t) {
+                let flat_ids: Vec<f32> = ids.iter().flatten().map(|&x| x as f32).collect();
+                let flat_rel: Vec<f32> = tt.relevance.into_iter().flatten().collect();
+                let index: Vec<f32> = (0..ids.len())
+                    .map(|i| (tt.first_index + i) as f32)
+                    .collect();
+                tensors.insert("tokens.ids".into(), (vec![ids.len(), t], flat_ids));
+                tensors.insert("tokens.relevance".into(), (vec![ids.len(), t], flat_rel));
+                tensors.insert("tokens.index".into(), (vec![ids.len()], index));
+            }
+        }
+        Ok(Self { meta, tensors })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(k, (s, v))| {
+                (
+                    k.clone(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(k, s, b)| {
+                Ok((
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut md = HashMap::new();
+        // One metadata key: safetensors writes its metadata map in hash order, and outputs
+        // must be byte-identical from run to run.
+        md.insert("sparc3".to_string(), serde_json::to_string(&self.meta)?);
+        Ok(safetensors::serialize(views, Some(md))?)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::io::atomic_write(path, &self.to_bytes()?)
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read relevance file {}", path.display()))
+            .tag(Kind::Input)?;
+        let st = match safetensors::SafeTensors::deserialize(&bytes) {
+            Ok(s) => s,
+            Err(e) => fail!(Input, "{}: not a safetensors file: {e}", path.display()),
+        };
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| crate::error::err(Kind::Input, format!("{}: {e}", path.display())))?;
+        let md = header.metadata().clone().unwrap_or_default();
+        let meta: RelMeta = match md.get("sparc3").map(|s| serde_json::from_str::<RelMeta>(s)) {
+            Some(Ok(m)) if m.format == FORMAT => m,
+            Some(Ok(m)) => fail!(
+                Input,
+                "{}: relevance file format {} is not {FORMAT}",
+                path.display(),
+                m.format
+            ),
+            _ => fail!(
+                Input,
+                "{}: not a sparc3 relevance file (no sparc3 metadata)",
+                path.display()
+            ),
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                fail!(Input, "{}: tensor '{name}' is not f32", path.display());
+            }
+            let v: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.insert(name, (view.shape().to_vec(), v));
+        }
+        Ok(Self { meta, tensors })
+    }
+
+    /// Merge shards of one run: weighted means by sample counts; token tables concatenated in
+    /// shard order.
+    pub fn merge(mut files: Vec<(String, RelevanceFile)>) -> Result<RelevanceFile> {
+        if files.len() < 2 {
+            fail!(Usage, "merge needs at least two relevance files");
+        }
+        files.sort_by_key(|(_, f)| f.meta.shards.first().copied().unwrap_or(0));
+        let (first_name, first) = &files[0];
+        let key = first.meta.run_key();
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, f) in &files {
+            if f.meta.run_key() != key {
+                let (a, b) = (&first.meta, &f.meta);
+                let what = if a.config_sha256 != b.config_sha256 {
+                    "different models"
+                } else if a.target != b.target {
+                    "different targets"
+                } else if a.aggregation != b.aggregation {
+                    "different aggregations"
+                } else if a.rule != b.rule || a.epsilon != b.epsilon {
+                    "different rules"
+                } else {
+                    "different data, seeds, sequence lengths or shard counts"
+                };
+                fail!(
+                    Input,
+                    "{name} and {first_name} do not belong to the same run ({what})"
+                );
+            }
+            for s in &f.meta.shards {
+                if !seen.insert(*s) {
+                    fail!(
+                        Input,
+                        "shard {s} appears twice among the files to merge ({name})"
+                    );
+                }
+            }
+            let weights = |x: &RelevanceFile| -> Vec<String> {
+                x.tensors
+                    .keys()
+                    .filter(|k| !k.starts_with("tokens."))
+                    .cloned()
+                    .collect()
+            };
+            if weights(f) != weights(first) {
+                fail!(Input, "{name} and {first_name} hold different tensors");
+            }
+        }
+        let total: usize = files.iter().map(|(_, f)| f.meta.samples).sum();
+        let mut out: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+        for (name, (shape, _)) in &first.tensors {
+            if name.starts_with("tokens.") {
+                continue;
+            }
+            let mut acc = vec![0f64; shape.iter().product()];
+            for (_, f) in &files {
+                let w = f.meta.samples as f64 / total as f64;
+                for (a, v) in acc.iter_mut().zip(&f.tensors[name].1) {
+                    *a += w * *v as f64;
+                }
+            }
+            out.insert(
+                name.clone(),
+                (shape.clone(), acc.into_iter().map(|x| x as f32).collect()),
+            );
+        }
+        let has_tokens = |f: &RelevanceFile| {
+            ["tokens.ids", "tokens.relevance", "tokens.index"]
+                .iter()
+                .all(|k| f.tensors.contains_key(*k))
+        };
+        if files.iter().all(|(_, f)| has_tokens(f)) {
+            let t = first.tensors["tokens.ids"].0[1];
+            if files.iter().all(|(_, f)| f.tensors["tokens.ids"].0[1] == t) {
+                // Rows of every file, put back in the run's sample order.
+                let mut rows: Vec<(f32, &[f32], &[f32])> = Vec::new();
+                for (_, f) in &files {
+                    let idx = &f.tensors["tokens.index"].1;
+                    let ids = &f.tensors["tokens.ids"].1;
+                    let rel = &f.tensors["tokens.relevance"].1;
+                    for (r, &ix) in idx.iter().enumerate() {
+                        rows.push((ix, &ids[r * t..(r + 1) * t], &rel[r * t..(r + 1) * t]));
+                    }
+                }
+                rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let n = rows.len();
+                out.insert(
+                    "tokens.index".into(),
+                    (vec![n], rows.iter().map(|r| r.0).collect()),
+                );
+                out.insert(
+                    "tokens.ids".into(),
+                    (
+                        vec![n, t],
+                        rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
+                    ),
+                );
+                out.insert(
+                    "tokens.relevance".into(),
+                    (
+                        vec![n, t],
+                        rows.iter().flat_map(|r| r.2.iter().copied()).collect(),
+                    ),
+                );
+            }
+        }
+        let mut meta = first.meta.clone();
+        meta.samples = total;
+        meta.shards = seen.into_iter().collect();
+        Ok(RelevanceFile { meta, tensors: out })
+    }
+}
