@@ -11,6 +11,7 @@ pub mod io;
 pub mod kernels;
 pub mod lrp;
 pub mod model;
+pub mod prune;
 pub mod source;
 pub mod tasks;
 pub mod util;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument types, dispatch, output. No numerics here.
 
 mod attribute;
+mod compress;
 mod eval;
 mod info;
 mod merge;
@@ -34,6 +35,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// AttnLRP (or gradient) relevance of every prunable weight over calibration samples.
     Attribute(attribute::AttributeArgs),
+    /// Prune a model to a target sparsity (LRP, gradient, Wanda, magnitude) and write it in HF layout.
+    Compress(compress::CompressArgs),
     /// Combine the relevance files of a sharded `attribute` run.
     Merge(merge::MergeArgs),
 }
@@ -137,5 +140,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Compress(a) => compress::run(a),
     }
 }

@@ -1,6 +1,8 @@
 //! Output writing: every file is written under a temporary name in its destination directory,
 //! fsynced and renamed into place, so a reader never sees a half-written output.
 
+pub mod hf;
+
 use crate::error::{Kind, Tag};
 use crate::fail;
 use anyhow::{Context, Result};

@@ -99,6 +99,8 @@ pub struct Loaded {
     pub config_sha256: String,
     /// All checkpoint tensors by HF name (shared with the model; Tensor clones are cheap).
     pub store: WeightStore,
+    /// The tokenizer.json that was loaded (None for the built-in model).
+    pub tokenizer_path: Option<PathBuf>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -172,6 +174,7 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                 model,
                 tok,
                 store,
+                None,
             );
         }
         Some(m) if m.starts_with("builtin:") => {
@@ -192,6 +195,7 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                 model,
                 tok,
                 store,
+                None,
             );
         }
         Some(m) => {
@@ -271,7 +275,7 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
         .map(|d| d.join("config.json"))
         .unwrap_or_default();
     let model = build(&config, &store, &label)?;
-    let tok = match tok_path {
+    let tok = match &tok_path {
         Some(t) => {
             if !t.exists() {
                 fail!(
@@ -280,11 +284,11 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
                     t.display()
                 );
             }
-            load_tokenizer(&t)?
+            load_tokenizer(t)?
         }
         None => fail!(Input, "no tokenizer: pass --tokenizer FILE"),
     };
-    finish(origin, config, model, tok, store)
+    finish(origin, config, model, tok, store, tok_path)
 }
 
 fn finish(
@@ -293,6 +297,7 @@ fn finish(
     model: DecoderModel,
     tokenizer: tokenizers::Tokenizer,
     store: WeightStore,
+    tokenizer_path: Option<PathBuf>,
 ) -> Result<Loaded> {
     let vocab = tokenizer.get_vocab_size(true);
     if vocab > model.dims.vocab {
@@ -310,6 +315,7 @@ fn finish(
         config,
         config_sha256,
         store,
+        tokenizer_path,
     })
 }
 

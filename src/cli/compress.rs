@@ -1,0 +1,251 @@
+use super::{output, ModelArgs};
+use crate::fail;
+use crate::lrp::file::RelevanceFile;
+use crate::lrp::Target;
+use crate::prune::compress::{self, CompressJob, Method};
+use crate::prune::mask::{Pattern, Scope};
+use crate::tasks::calib;
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MethodArg {
+    /// AttnLRP relevance (the paper's method).
+    Lrp,
+    /// |W ⊙ ∇W| with the plain gradient.
+    Gradient,
+    /// |W|·‖X_j‖₂ with block-by-block replay (Sun et al.).
+    Wanda,
+    /// |W|.
+    Magnitude,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScopeArg {
+    Row,
+    Layer,
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressTarget {
+    NextToken,
+    Last,
+}
+
+#[derive(Args, Debug)]
+pub struct CompressArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Fraction of each group's weights to remove, in (0, 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub ratio: f64,
+    #[arg(long, value_enum, default_value = "lrp")]
+    pub method: MethodArg,
+    /// Grouping (default: the method's reference: magnitude per layer, others per row).
+    #[arg(long, value_enum)]
+    pub scope: Option<ScopeArg>,
+    /// unstructured, or N:M (remove N of every M consecutive inputs per row), e.g. 2:4.
+    #[arg(long, default_value = "unstructured")]
+    pub pattern: String,
+    /// Calibration data (text, JSONL text records, or JSONL ids records). Default: built-in text.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub samples: usize,
+    /// Tokens per calibration sample (default 512, or the model's limit; 256 for the demo).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What LRP/gradient relevance explains.
+    #[arg(long, value_enum, default_value = "next-token")]
+    pub target: CompressTarget,
+    /// Reuse a relevance file from `sparc3 attribute` instead of attributing again.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Only prune linear layers whose name matches this regex.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Perplexity text evaluated before and after (default for the built-in model: its
+    /// held-out text).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Windows of --eval-seq-len tokens to evaluate (default: all).
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    #[arg(long)]
+    pub eval_seq_len: Option<usize>,
+    /// Output directory (HF layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the removal mask (`mask.safetensors`, 1 = removed).
+    #[arg(long)]
+    pub save_mask: bool,
+    /// Output weight dtype (default: the input's).
+    #[arg(long)]
+    pub out_dtype: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CompressArgs) -> Result<()> {
+    super::set_threads(a.model.threads)?;
+    if !(a.ratio > 0.0 && a.ratio < 1.0) {
+        fail!(Usage, "--ratio must be in (0, 1), got {}", a.ratio);
+    }
+    let pattern = Pattern::parse(&a.pattern)?;
+    let out_dtype = a.out_dtype.as_deref().map(super::parse_dtype).transpose()?;
+    let layers = match &a.layers {
+        Some(r) => match regex::Regex::new(r) {
+            Ok(r) => Some(r),
+            Err(e) => fail!(Usage, "--layers {r}: invalid regex: {e}"),
+        },
+        None => None,
+    };
+    let method = match a.method {
+        MethodArg::Lrp => Method::Lrp,
+        MethodArg::Gradient => Method::Gradient,
+        MethodArg::Wanda => Method::Wanda,
+        MethodArg::Magnitude => Method::Magnitude,
+    };
+    let scope = match a.scope {
+        Some(ScopeArg::Row) => Scope::Row,
+        Some(ScopeArg::Layer) => Scope::Layer,
+        Some(ScopeArg::Global) => Scope::Global,
+        None => method.default_scope(),
+    };
+    let req = a.model.request()?;
+    let loaded = crate::source::load(&req)?;
+    crate::io::hf::check_out_dir(&a.out, a.force, &loaded)?;
+    let builtin = matches!(loaded.origin, crate::source::Origin::Builtin { .. });
+    let model_max = loaded.model.dims.max_positions;
+    let seq_len = a.seq_len.unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+    if seq_len > model_max {
+        fail!(Usage, "--seq-len {seq_len} is larger than the model allows ({model_max} positions)");
+    }
+    let relevance = match &a.scores {
+        Some(p) => Some(RelevanceFile::read(p)?),
+        None => None,
+    };
+    let calib = if method.needs_calibration() && relevance.is_none() {
+        Some(calib::sample(a.calib.as_deref(), crate::data::builtin_eval_text, &loaded.tokenizer, a.samples, seq_len, a.seed)?)
+    } else {
+        None
+    };
+    // Evaluation text: --eval, or the built-in held-out text for the built-in model.
+    let eval_src = match (&a.eval, builtin) {
+        (Some(p), _) => Some(crate::data::read_text(p)?),
+        (None, true) => Some(crate::data::builtin_eval_text()),
+        (None, false) => None,
+    };
+    let eval_seq = a.eval_seq_len.unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+    let eval_windows = a.eval_windows.or(if builtin && a.eval.is_none() { Some(64) } else { None });
+    let eval_ids = match &eval_src {
+        Some(s) => Some(crate::data::encode_plain(&loaded.tokenizer, &s.text)?),
+        None => None,
+    };
+    let mut model = loaded.model.clone();
+    let before = match &eval_ids {
+        Some(ids) => Some(compress::ppl(&model, ids, eval_seq, eval_windows)?),
+        None => None,
+    };
+    let target = match a.target {
+        CompressTarget::NextToken => Target::NextToken,
+        CompressTarget::Last => Target::Last { token: None },
+    };
+    let samples: &[Vec<u32>] = calib.as_ref().map_or(&[], |c| c.samples.as_slice());
+    let pb = output::bar(0, method.name(), false);
+    let start = std::time::Instant::now();
+    let scores_label = a.scores.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let job = CompressJob {
+        method,
+        ratio: a.ratio,
+        scope,
+        pattern,
+        samples,
+        target,
+        scores: relevance.as_ref().map(|r| (r, scores_label.clone())),
+        config_sha256: &loaded.config_sha256,
+        layers,
+    };
+    let res = compress::compress(&mut model, &job, |what, i, n| {
+        pb.set_message(what.to_string());
+        pb.set_length(n as u64);
+        pb.set_position(i as u64);
+    })?;
+    pb.finish_and_clear();
+    let prune_seconds = start.elapsed().as_secs_f64();
+    let after = match &eval_ids {
+        Some(ids) => Some(compress::ppl(&model, ids, eval_seq, eval_windows)?),
+        None => None,
+    };
+    let (per_layer, overall) = crate::prune::sparsity(&model)?;
+    let pruned_share: f64 = {
+        let (mut z, mut n) = (0usize, 0usize);
+        for (name, m) in &res.masks {
+            z += m.iter().filter(|&&x| x).count();
+            n += m.len();
+            let _ = name;
+        }
+        z as f64 / n.max(1) as f64
+    };
+    let report = json!({
+        "command": "compress",
+        "model": loaded.origin,
+        "config_sha256": loaded.config_sha256,
+        "method": method.name(),
+        "scope": scope,
+        "pattern": pattern.name(),
+        "ratio_requested": a.ratio,
+        "ratio_achieved_in_pruned_layers": pruned_share,
+        "sparsity_all_linears": overall,
+        "sparsity_per_layer": per_layer.iter().map(|(n, s)| json!({"layer": n, "sparsity": s})).collect::<Vec<_>>(),
+        "layers_regex": a.layers,
+        "calibration": calib.as_ref().map(|c| &c.info),
+        "scores_file": a.scores,
+        "target": job.target.name(),
+        "eval": eval_src.as_ref().map(|s| json!({"file": s.label, "sha256": s.sha256, "seq_len": eval_seq, "windows": before.as_ref().map(|b| b.windows)})),
+        "ppl_before": before.as_ref().map(|b| b.ppl),
+        "ppl_after": after.as_ref().map(|b| b.ppl),
+        "seconds_scores": res.seconds_scores,
+        "seconds_prune": prune_seconds,
+        "sparc3_version": env!("CARGO_PKG_VERSION"),
+    });
+    let mut files = vec![("sparc3-report.json".to_string(), serde_json::to_vec_pretty(&report)?)];
+    if a.save_mask {
+        files.push(("mask.safetensors".to_string(), mask_bytes(&model, &res.masks)?));
+    }
+    crate::io::hf::write_model(&loaded, &model, &a.out, a.force, out_dtype, &files)?;
+    if a.json {
+        output::print_json(&report);
+    } else {
+        println!("model        {}", loaded.origin.label());
+        println!("method       {} ({:?} scope, {})", method.name(), scope, pattern.name());
+        println!("sparsity     {:.4} of the pruned layers' weights ({:.4} of all linears)", pruned_share, overall);
+        if let (Some(b), Some(af)) = (&before, &after) {
+            println!("perplexity   {:.4} → {:.4} ({} windows of {} tokens)", b.ppl, af.ppl, b.windows, eval_seq);
+        }
+        println!("time         {prune_seconds:.1} s");
+        println!("wrote        {}", a.out.display());
+    }
+    Ok(())
+}
+
+fn mask_bytes(model: &crate::model::DecoderModel, masks: &std::collections::HashMap<String, Vec<bool>>) -> Result<Vec<u8>> {
+    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for l in model.linears() {
+        if let Some(m) = masks.get(&l.name) {
+            entries.push((format!("{}.weight", l.name), l.weight.dims().to_vec(), m.iter().map(|&x| x as u8).collect()));
+        }
+    }
+    let views = entries
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::U8, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}

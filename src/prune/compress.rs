@@ -1,0 +1,153 @@
+//! The compression job: scores → masks → pruned model, with before/after perplexity.
+
+use super::mask::{self, Pattern, Scope};
+use super::{apply_mask, scores};
+use crate::eval::perplexity;
+use crate::fail;
+use crate::lrp::accum::{Accumulators, Aggregation};
+use crate::lrp::file::RelevanceFile;
+use crate::lrp::rules::Rule;
+use crate::lrp::{self, Target};
+use crate::model::DecoderModel;
+use anyhow::Result;
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Lrp,
+    Gradient,
+    Wanda,
+    Magnitude,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lrp => "lrp",
+            Method::Gradient => "gradient",
+            Method::Wanda => "wanda",
+            Method::Magnitude => "magnitude",
+        }
+    }
+
+    /// Each method's reference grouping: magnitude per layer, the others per row.
+    pub fn default_scope(self) -> Scope {
+        match self {
+            Method::Magnitude => Scope::Layer,
+            _ => Scope::Row,
+        }
+    }
+
+    pub fn needs_calibration(self) -> bool {
+        !matches!(self, Method::Magnitude)
+    }
+}
+
+pub struct CompressJob<'a> {
+    pub method: Method,
+    pub ratio: f64,
+    pub scope: Scope,
+    pub pattern: Pattern,
+    /// Calibration samples (for wanda, and lrp/gradient without precomputed scores).
+    pub samples: &'a [Vec<u32>],
+    pub target: Target,
+    /// Precomputed relevance (`--scores`), with its label.
+    pub scores: Option<(&'a RelevanceFile, String)>,
+    pub config_sha256: &'a str,
+    /// Only layers whose name matches are pruned.
+    pub layers: Option<regex::Regex>,
+}
+
+pub struct CompressResult {
+    pub masks: HashMap<String, Vec<bool>>,
+    pub seconds_scores: f64,
+}
+
+/// Prune `model` in place.
+pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl FnMut(&str, usize, usize)) -> Result<CompressResult> {
+    if !(job.ratio > 0.0 && job.ratio < 1.0) {
+        fail!(Usage, "--ratio must be in (0, 1), got {}", job.ratio);
+    }
+    let selected = |name: &str| job.layers.as_ref().is_none_or(|r| r.is_match(name));
+    if !model.linears().iter().any(|l| selected(&l.name)) {
+        fail!(Usage, "--layers matches none of the model's linear layers");
+    }
+    if let Pattern::NM { n, m } = job.pattern {
+        for l in model.linears() {
+            if selected(&l.name) && l.in_features() % m != 0 {
+                fail!(Usage, "--pattern {n}:{m} does not divide the input dimension {} of {}", l.in_features(), l.name);
+            }
+        }
+    }
+    let start = std::time::Instant::now();
+    if job.method == Method::Wanda {
+        if job.scope == Scope::Global {
+            fail!(Usage, "wanda prunes block by block; use --scope row or layer");
+        }
+        if job.layers.is_some() {
+            fail!(Usage, "--layers is not supported with wanda's block-by-block replay yet");
+        }
+        let n = model.blocks.len();
+        let masks = scores::wanda_prune(model, job.samples, job.ratio, job.scope, job.pattern, |i| progress("wanda", i, n))?;
+        return Ok(CompressResult {
+            masks,
+            seconds_scores: start.elapsed().as_secs_f64(),
+        });
+    }
+    let score: HashMap<String, Vec<f32>> = match job.method {
+        Method::Magnitude => model
+            .linears()
+            .into_iter()
+            .filter(|l| selected(&l.name))
+            .map(|l| Ok((l.name.clone(), scores::magnitude(&l.weight)?)))
+            .collect::<Result<_>>()?,
+        Method::Lrp | Method::Gradient => match &job.scores {
+            Some((file, label)) => {
+                let expected = if job.method == Method::Lrp { "lrp" } else { "grad" };
+                if file.meta.rule != expected {
+                    fail!(Usage, "{label} holds '{}' relevance but --method {} needs '{expected}'", file.meta.rule, job.method.name());
+                }
+                scores::from_relevance(file, model, job.config_sha256, label)?
+            }
+            None => {
+                let rule = if job.method == Method::Lrp { Rule::Lrp { epsilon: None } } else { Rule::Grad };
+                let mut acc = Accumulators::new(Aggregation::Abs);
+                let t = job.samples.first().map_or(0, |s| s.len());
+                let mode = lrp::auto_mode(model, t);
+                let total = job.samples.len();
+                lrp::run_samples(model, job.samples, |_| job.target.clone(), rule, mode, &mut acc, |i| progress("attribute", i, total))?;
+                acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
+            }
+        },
+        Method::Wanda => unreachable!(),
+    };
+    let seconds_scores = start.elapsed().as_secs_f64();
+    let mut masks = HashMap::new();
+    if job.scope == Scope::Global && job.pattern == Pattern::Unstructured {
+        let names: Vec<String> = model.linears().iter().filter(|l| selected(&l.name)).map(|l| l.name.clone()).collect();
+        let slices: Vec<&[f32]> = names.iter().map(|n| score[n].as_slice()).collect();
+        for (n, m) in names.iter().zip(mask::global_masks(&slices, job.ratio)) {
+            masks.insert(n.clone(), m);
+        }
+    } else {
+        for l in model.linears() {
+            if !selected(&l.name) {
+                continue;
+            }
+            let (o, i) = l.weight.dims2()?;
+            masks.insert(l.name.clone(), mask::layer_mask(&score[&l.name], [o, i], job.ratio, job.scope, job.pattern)?);
+        }
+    }
+    for l in model.linears_mut() {
+        if let Some(m) = masks.get(&l.name) {
+            l.weight = apply_mask(&l.weight, m)?;
+        }
+    }
+    Ok(CompressResult { masks, seconds_scores })
+}
+
+/// Perplexity helper used before and after pruning.
+pub fn ppl(model: &DecoderModel, ids: &[u32], seq_len: usize, windows: Option<usize>) -> Result<perplexity::PplResult> {
+    perplexity::perplexity(model, ids, seq_len, windows, |_, _| {})
+}
