@@ -40,7 +40,7 @@ pub struct CompressArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Fraction of each group's weights to remove, in (0, 1).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub ratio: f64,
     #[arg(long, value_enum, default_value = "lrp")]
     pub method: MethodArg,
@@ -99,7 +99,11 @@ pub fn run(a: CompressArgs) -> Result<()> {
         fail!(Usage, "--ratio must be in (0, 1), got {}", a.ratio);
     }
     let pattern = Pattern::parse(&a.pattern)?;
-    let out_dtype = a.out_dtype.as_deref().map(super::parse_dtype).transpose()?;
+    let out_dtype = a
+        .out_dtype
+        .as_deref()
+        .map(|d| super::parse_dtype_flag(d, "--out-dtype"))
+        .transpose()?;
     let layers = match &a.layers {
         Some(r) => match regex::Regex::new(r) {
             Ok(r) => Some(r),
@@ -121,19 +125,36 @@ pub fn run(a: CompressArgs) -> Result<()> {
     };
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
-    crate::io::hf::check_out_dir(&a.out, a.force, &loaded)?;
+    let inputs: Vec<PathBuf> = [&a.calib, &a.scores, &a.eval, &a.model.tokenizer]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &inputs)?;
     let builtin = matches!(loaded.origin, crate::source::Origin::Builtin { .. });
     let model_max = loaded.model.dims.max_positions;
-    let seq_len = a.seq_len.unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+    let seq_len = a
+        .seq_len
+        .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
     if seq_len > model_max {
-        fail!(Usage, "--seq-len {seq_len} is larger than the model allows ({model_max} positions)");
+        fail!(
+            Usage,
+            "--seq-len {seq_len} is larger than the model allows ({model_max} positions)"
+        );
     }
     let relevance = match &a.scores {
         Some(p) => Some(RelevanceFile::read(p)?),
         None => None,
     };
     let calib = if method.needs_calibration() && relevance.is_none() {
-        Some(calib::sample(a.calib.as_deref(), crate::data::builtin_eval_text, &loaded.tokenizer, a.samples, seq_len, a.seed)?)
+        Some(calib::sample(
+            a.calib.as_deref(),
+            crate::data::builtin_eval_text,
+            &loaded.tokenizer,
+            a.samples,
+            seq_len,
+            a.seed,
+        )?)
     } else {
         None
     };
@@ -143,8 +164,20 @@ pub fn run(a: CompressArgs) -> Result<()> {
         (None, true) => Some(crate::data::builtin_eval_text()),
         (None, false) => None,
     };
-    let eval_seq = a.eval_seq_len.unwrap_or(if builtin { 256 } else { 512.min(model_max) });
-    let eval_windows = a.eval_windows.or(if builtin && a.eval.is_none() { Some(64) } else { None });
+    let eval_seq = a
+        .eval_seq_len
+        .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+    if eval_seq > model_max {
+        fail!(
+            Usage,
+            "--eval-seq-len {eval_seq} is larger than the model allows ({model_max} positions)"
+        );
+    }
+    let eval_windows = a.eval_windows.or(if builtin && a.eval.is_none() {
+        Some(64)
+    } else {
+        None
+    });
     let eval_ids = match &eval_src {
         Some(s) => Some(crate::data::encode_plain(&loaded.tokenizer, &s.text)?),
         None => None,
@@ -161,7 +194,11 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let samples: &[Vec<u32>] = calib.as_ref().map_or(&[], |c| c.samples.as_slice());
     let pb = output::bar(0, method.name(), false);
     let start = std::time::Instant::now();
-    let scores_label = a.scores.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let scores_label = a
+        .scores
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let job = CompressJob {
         method,
         ratio: a.ratio,
@@ -216,19 +253,36 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "seconds_prune": prune_seconds,
         "sparc3_version": env!("CARGO_PKG_VERSION"),
     });
-    let mut files = vec![("sparc3-report.json".to_string(), serde_json::to_vec_pretty(&report)?)];
+    let mut files = vec![(
+        "sparc3-report.json".to_string(),
+        serde_json::to_vec_pretty(&report)?,
+    )];
     if a.save_mask {
-        files.push(("mask.safetensors".to_string(), mask_bytes(&model, &res.masks)?));
+        files.push((
+            "mask.safetensors".to_string(),
+            mask_bytes(&model, &res.masks)?,
+        ));
     }
     crate::io::hf::write_model(&loaded, &model, &a.out, a.force, out_dtype, &files)?;
     if a.json {
         output::print_json(&report);
     } else {
         println!("model        {}", loaded.origin.label());
-        println!("method       {} ({:?} scope, {})", method.name(), scope, pattern.name());
-        println!("sparsity     {:.4} of the pruned layers' weights ({:.4} of all linears)", pruned_share, overall);
+        println!(
+            "method       {} ({:?} scope, {})",
+            method.name(),
+            scope,
+            pattern.name()
+        );
+        println!(
+            "sparsity     {:.4} of the pruned layers' weights ({:.4} of all linears)",
+            pruned_share, overall
+        );
         if let (Some(b), Some(af)) = (&before, &after) {
-            println!("perplexity   {:.4} → {:.4} ({} windows of {} tokens)", b.ppl, af.ppl, b.windows, eval_seq);
+            println!(
+                "perplexity   {:.4} → {:.4} ({} windows of {} tokens)",
+                b.ppl, af.ppl, b.windows, eval_seq
+            );
         }
         println!("time         {prune_seconds:.1} s");
         println!("wrote        {}", a.out.display());
@@ -236,16 +290,28 @@ pub fn run(a: CompressArgs) -> Result<()> {
     Ok(())
 }
 
-fn mask_bytes(model: &crate::model::DecoderModel, masks: &std::collections::HashMap<String, Vec<bool>>) -> Result<Vec<u8>> {
+fn mask_bytes(
+    model: &crate::model::DecoderModel,
+    masks: &std::collections::HashMap<String, Vec<bool>>,
+) -> Result<Vec<u8>> {
     let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for l in model.linears() {
         if let Some(m) = masks.get(&l.name) {
-            entries.push((format!("{}.weight", l.name), l.weight.dims().to_vec(), m.iter().map(|&x| x as u8).collect()));
+            entries.push((
+                format!("{}.weight", l.name),
+                l.weight.dims().to_vec(),
+                m.iter().map(|&x| x as u8).collect(),
+            ));
         }
     }
     let views = entries
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::U8, s.clone(), b)?)))
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::U8, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(views, None)?)
 }

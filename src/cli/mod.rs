@@ -78,11 +78,15 @@ impl ModelArgs {
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
+    parse_dtype_flag(s, "--dtype")
+}
+
+pub fn parse_dtype_flag(s: &str, flag: &str) -> Result<DType> {
     Ok(match s {
         "f32" | "float32" => DType::F32,
         "f16" | "float16" => DType::F16,
         "bf16" | "bfloat16" => DType::BF16,
-        other => crate::fail!(Usage, "--dtype {other}: expected f32, f16 or bf16"),
+        other => crate::fail!(Usage, "{flag} {other}: expected f32, f16 or bf16"),
     })
 }
 

@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// One tensor ready to serialise: name, dtype, shape, little-endian bytes.
+type Raw = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
 /// Files besides the weights that make a model directory loadable.
 const EXTRA: &[&str] = &[
     "tokenizer.json",
@@ -23,18 +26,66 @@ const EXTRA: &[&str] = &[
     "tokenizer.model",
 ];
 
-/// Refuse an output directory that exists (without force), is the model's own, or sits inside it.
-pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded) -> Result<()> {
-    if let Some(dir) = loaded.origin.dir() {
-        if let (Ok(a), Ok(b)) = (dir.canonicalize(), out.canonicalize()) {
-            if a == b {
-                fail!(Usage, "--out {} is the model's own directory; refusing to overwrite the input", out.display());
+/// Canonical form of a path that may not exist yet (its parent must).
+fn canonical(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    Some(parent(p).canonicalize().ok()?.join(p.file_name()?))
+}
+
+/// Refuse an output directory that exists (without force), is the model's own directory, sits
+/// inside it, or would (when replaced) delete one of the inputs.
+pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf]) -> Result<()> {
+    let out_c = canonical(out);
+    if let (Some(dir), Some(oc)) = (loaded.origin.dir(), out_c.as_ref()) {
+        if let Ok(d) = dir.canonicalize() {
+            if &d == oc {
+                fail!(
+                    Usage,
+                    "--out {} is the model's own directory; refusing to overwrite the input",
+                    out.display()
+                );
+            }
+            if oc.starts_with(&d) {
+                fail!(
+                    Usage,
+                    "--out {} is inside the model's directory {}; write it elsewhere",
+                    out.display(),
+                    dir.display()
+                );
+            }
+            if d.starts_with(oc) {
+                fail!(
+                    Usage,
+                    "--out {} holds the model's directory {}; replacing it would delete the input",
+                    out.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    if let Some(oc) = out_c.as_ref() {
+        for i in inputs {
+            if let Ok(ic) = i.canonicalize() {
+                if ic.starts_with(oc) {
+                    fail!(
+                        Usage,
+                        "--out {} holds the input {}; replacing it would delete the input",
+                        out.display(),
+                        i.display()
+                    );
+                }
             }
         }
     }
     if out.exists() {
         if !force {
-            fail!(Output, "{} already exists (use --force to replace it)", out.display());
+            fail!(
+                Output,
+                "{} already exists (use --force to replace it)",
+                out.display()
+            );
         }
         if !out.is_dir() {
             fail!(Output, "{} exists and is not a directory", out.display());
@@ -59,19 +110,34 @@ fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<(safetensors::Dtype, Vec<u8>
     Ok(match dtype {
         DType::F32 => (
             safetensors::Dtype::F32,
-            flat.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            flat.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         DType::F16 => (
             safetensors::Dtype::F16,
-            flat.to_dtype(DType::F16)?.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            flat.to_dtype(DType::F16)?
+                .to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         DType::BF16 => (
             safetensors::Dtype::BF16,
-            flat.to_dtype(DType::BF16)?.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            flat.to_dtype(DType::BF16)?
+                .to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         DType::I64 => (
             safetensors::Dtype::I64,
-            flat.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            flat.to_vec1::<i64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         ),
         other => anyhow::bail!("cannot write dtype {other:?}"),
     })
@@ -80,8 +146,10 @@ fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<(safetensors::Dtype, Vec<u8>
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let p = dir.join(name);
     let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", p.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", p.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", p.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", p.display()))?;
     Ok(())
 }
 
@@ -96,9 +164,16 @@ pub fn write_model(
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
     if out.exists() && !force {
-        fail!(Output, "{} already exists (use --force to replace it)", out.display());
+        fail!(
+            Output,
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
     }
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
     let tmp = parent(out).join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let res = (|| -> Result<()> {
@@ -106,11 +181,14 @@ pub fn write_model(
         write_contents(loaded, model, &tmp, dtype, files)?;
         if out.exists() {
             let old = parent(out).join(format!(".{name}.sparc3-{}.old", std::process::id()));
-            std::fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
+            std::fs::rename(out, &old)
+                .with_context(|| format!("moving the old {} aside", out.display()))?;
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming into {}", out.display()))?;
             let _ = std::fs::remove_dir_all(&old);
         } else {
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming into {}", out.display()))?;
         }
         if let Ok(d) = std::fs::File::open(parent(out)) {
             let _ = d.sync_all();
@@ -123,36 +201,58 @@ pub fn write_model(
     res.tag(Kind::Output)
 }
 
-fn write_contents(loaded: &Loaded, model: &DecoderModel, dir: &Path, dtype: Option<DType>, files: &[(String, Vec<u8>)]) -> Result<()> {
-    let replaced: HashMap<String, &Tensor> =
-        model.linears().into_iter().map(|l| (format!("{}.weight", l.name), &l.weight)).collect();
+fn write_contents(
+    loaded: &Loaded,
+    model: &DecoderModel,
+    dir: &Path,
+    dtype: Option<DType>,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let replaced: HashMap<String, &Tensor> = model
+        .linears()
+        .into_iter()
+        .map(|l| (format!("{}.weight", l.name), &l.weight))
+        .collect();
     let store = &loaded.store;
     // name → (dtype, shape, bytes), in checkpoint order.
-    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<Raw> = Vec::new();
     let mut out_dtype = DType::F32;
     for n in store.names() {
         let s = store.peek(n).expect("listed");
         let t = replaced.get(n).copied().unwrap_or(&s.tensor);
-        let dt = if s.disk_dtype == DType::I64 { DType::I64 } else { dtype.unwrap_or(s.disk_dtype) };
+        let dt = if s.disk_dtype == DType::I64 {
+            DType::I64
+        } else {
+            dtype.unwrap_or(s.disk_dtype)
+        };
         if dt != DType::I64 {
             out_dtype = dt;
         }
         let (sd, bytes) = tensor_bytes(t, dt)?;
         tensors.push((n.clone(), sd, t.dims().to_vec(), bytes));
     }
-    let serialize = |subset: &[&(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]| -> Result<Vec<u8>> {
+    let serialize = |subset: &[&Raw]| -> Result<Vec<u8>> {
         let views = subset
             .iter()
-            .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
+            .map(|(n, d, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut md = HashMap::new();
         md.insert("format".to_string(), "pt".to_string());
         Ok(safetensors::serialize(views, Some(md))?)
     };
     if loaded.origin.sharded() && !store.shard_of.is_empty() {
-        let mut by_file: BTreeMap<String, Vec<&(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>> = BTreeMap::new();
+        let mut by_file: BTreeMap<String, Vec<&Raw>> = BTreeMap::new();
         for t in &tensors {
-            let f = store.shard_of.get(&t.0).cloned().unwrap_or_else(|| "model-extra.safetensors".into());
+            let f = store
+                .shard_of
+                .get(&t.0)
+                .cloned()
+                .unwrap_or_else(|| "model-extra.safetensors".into());
             by_file.entry(f).or_default().push(t);
         }
         let total: usize = tensors.iter().map(|t| t.3.len()).sum();
@@ -163,8 +263,13 @@ fn write_contents(loaded: &Loaded, model: &DecoderModel, dir: &Path, dtype: Opti
                 weight_map.insert(t.0.clone(), serde_json::Value::String(f.clone()));
             }
         }
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_file(dir, "model.safetensors.index.json", serde_json::to_string_pretty(&index)?.as_bytes())?;
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_file(
+            dir,
+            "model.safetensors.index.json",
+            serde_json::to_string_pretty(&index)?.as_bytes(),
+        )?;
     } else {
         let all: Vec<_> = tensors.iter().collect();
         write_file(dir, "model.safetensors", &serialize(&all)?)?;
@@ -185,10 +290,18 @@ fn write_contents(loaded: &Loaded, model: &DecoderModel, dir: &Path, dtype: Opti
             o.insert("architectures".into(), serde_json::json!([arch]));
         }
     }
-    write_file(dir, "config.json", serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    write_file(
+        dir,
+        "config.json",
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     match &loaded.origin {
         Origin::Builtin { .. } => {
-            write_file(dir, "tokenizer.json", crate::source::builtin::tokenizer_json())?;
+            write_file(
+                dir,
+                "tokenizer.json",
+                crate::source::builtin::tokenizer_json(),
+            )?;
             for (n, b) in crate::source::builtin::EXTRA_FILES {
                 write_file(dir, n, b)?;
             }
@@ -198,7 +311,8 @@ fn write_contents(loaded: &Loaded, model: &DecoderModel, dir: &Path, dtype: Opti
                 for f in EXTRA {
                     let p = src.join(f);
                     if p.is_file() {
-                        let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                        let b = std::fs::read(&p)
+                            .with_context(|| format!("reading {}", p.display()))?;
                         write_file(dir, f, &b)?;
                     }
                 }

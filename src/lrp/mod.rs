@@ -91,10 +91,11 @@ pub fn relevance_pass(
 
     // Embeddings (kept apart so that their relevance can be read off).
     let emb = &model.embed;
-    let table = crate::model::layers::f32_of(&emb.tokens)?;
-    let e = table
+    let e = emb
+        .tokens
         .index_select(&ids.flatten_all()?, 0)?
-        .reshape((b, t, table.dims()[1]))?;
+        .to_dtype(DType::F32)?
+        .reshape((b, t, emb.tokens.dims()[1]))?;
     let e_proj = match &emb.project_in {
         Some(p) => p.forward(&e)?,
         None => e.clone(),

@@ -65,7 +65,11 @@ pub struct CompressResult {
 }
 
 /// Prune `model` in place.
-pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl FnMut(&str, usize, usize)) -> Result<CompressResult> {
+pub fn compress(
+    model: &mut DecoderModel,
+    job: &CompressJob,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<CompressResult> {
     if !(job.ratio > 0.0 && job.ratio < 1.0) {
         fail!(Usage, "--ratio must be in (0, 1), got {}", job.ratio);
     }
@@ -76,20 +80,34 @@ pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl 
     if let Pattern::NM { n, m } = job.pattern {
         for l in model.linears() {
             if selected(&l.name) && l.in_features() % m != 0 {
-                fail!(Usage, "--pattern {n}:{m} does not divide the input dimension {} of {}", l.in_features(), l.name);
+                fail!(
+                    Usage,
+                    "--pattern {n}:{m} does not divide the input dimension {} of {}",
+                    l.in_features(),
+                    l.name
+                );
             }
         }
     }
     let start = std::time::Instant::now();
     if job.method == Method::Wanda {
         if job.scope == Scope::Global {
-            fail!(Usage, "wanda prunes block by block; use --scope row or layer");
+            fail!(
+                Usage,
+                "wanda prunes block by block; use --scope row or layer"
+            );
         }
         if job.layers.is_some() {
-            fail!(Usage, "--layers is not supported with wanda's block-by-block replay yet");
+            fail!(
+                Usage,
+                "--layers is not supported with wanda's block-by-block replay yet"
+            );
         }
         let n = model.blocks.len();
-        let masks = scores::wanda_prune(model, job.samples, job.ratio, job.scope, job.pattern, |i| progress("wanda", i, n))?;
+        let masks =
+            scores::wanda_prune(model, job.samples, job.ratio, job.scope, job.pattern, |i| {
+                progress("wanda", i, n)
+            })?;
         return Ok(CompressResult {
             masks,
             seconds_scores: start.elapsed().as_secs_f64(),
@@ -104,19 +122,40 @@ pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl 
             .collect::<Result<_>>()?,
         Method::Lrp | Method::Gradient => match &job.scores {
             Some((file, label)) => {
-                let expected = if job.method == Method::Lrp { "lrp" } else { "grad" };
+                let expected = if job.method == Method::Lrp {
+                    "lrp"
+                } else {
+                    "grad"
+                };
                 if file.meta.rule != expected {
-                    fail!(Usage, "{label} holds '{}' relevance but --method {} needs '{expected}'", file.meta.rule, job.method.name());
+                    fail!(
+                        Usage,
+                        "{label} holds '{}' relevance but --method {} needs '{expected}'",
+                        file.meta.rule,
+                        job.method.name()
+                    );
                 }
                 scores::from_relevance(file, model, job.config_sha256, label)?
             }
             None => {
-                let rule = if job.method == Method::Lrp { Rule::Lrp { epsilon: None } } else { Rule::Grad };
+                let rule = if job.method == Method::Lrp {
+                    Rule::Lrp { epsilon: None }
+                } else {
+                    Rule::Grad
+                };
                 let mut acc = Accumulators::new(Aggregation::Abs);
                 let t = job.samples.first().map_or(0, |s| s.len());
                 let mode = lrp::auto_mode(model, t);
                 let total = job.samples.len();
-                lrp::run_samples(model, job.samples, |_| job.target.clone(), rule, mode, &mut acc, |i| progress("attribute", i, total))?;
+                lrp::run_samples(
+                    model,
+                    job.samples,
+                    |_| job.target.clone(),
+                    rule,
+                    mode,
+                    &mut acc,
+                    |i| progress("attribute", i, total),
+                )?;
                 acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
             }
         },
@@ -125,7 +164,12 @@ pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl 
     let seconds_scores = start.elapsed().as_secs_f64();
     let mut masks = HashMap::new();
     if job.scope == Scope::Global && job.pattern == Pattern::Unstructured {
-        let names: Vec<String> = model.linears().iter().filter(|l| selected(&l.name)).map(|l| l.name.clone()).collect();
+        let names: Vec<String> = model
+            .linears()
+            .iter()
+            .filter(|l| selected(&l.name))
+            .map(|l| l.name.clone())
+            .collect();
         let slices: Vec<&[f32]> = names.iter().map(|n| score[n].as_slice()).collect();
         for (n, m) in names.iter().zip(mask::global_masks(&slices, job.ratio)) {
             masks.insert(n.clone(), m);
@@ -136,7 +180,10 @@ pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl 
                 continue;
             }
             let (o, i) = l.weight.dims2()?;
-            masks.insert(l.name.clone(), mask::layer_mask(&score[&l.name], [o, i], job.ratio, job.scope, job.pattern)?);
+            masks.insert(
+                l.name.clone(),
+                mask::layer_mask(&score[&l.name], [o, i], job.ratio, job.scope, job.pattern)?,
+            );
         }
     }
     for l in model.linears_mut() {
@@ -144,10 +191,18 @@ pub fn compress(model: &mut DecoderModel, job: &CompressJob, mut progress: impl 
             l.weight = apply_mask(&l.weight, m)?;
         }
     }
-    Ok(CompressResult { masks, seconds_scores })
+    Ok(CompressResult {
+        masks,
+        seconds_scores,
+    })
 }
 
 /// Perplexity helper used before and after pruning.
-pub fn ppl(model: &DecoderModel, ids: &[u32], seq_len: usize, windows: Option<usize>) -> Result<perplexity::PplResult> {
+pub fn ppl(
+    model: &DecoderModel,
+    ids: &[u32],
+    seq_len: usize,
+    windows: Option<usize>,
+) -> Result<perplexity::PplResult> {
     perplexity::perplexity(model, ids, seq_len, windows, |_, _| {})
 }

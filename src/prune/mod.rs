@@ -10,10 +10,12 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 /// Zero the masked weights of a linear layer, in its storage dtype (others stay bit-identical).
+/// Removed entries become +0.0 (a select, not a product, so no −0.0 appears).
 pub fn apply_mask(weight: &Tensor, removed: &[bool]) -> Result<Tensor> {
-    let keep: Vec<f32> = removed.iter().map(|&r| if r { 0.0 } else { 1.0 }).collect();
-    let keep = Tensor::from_vec(keep, weight.dims(), weight.device())?.to_dtype(weight.dtype())?;
-    Ok((weight * keep)?)
+    let m: Vec<u8> = removed.iter().map(|&r| r as u8).collect();
+    let m = Tensor::from_vec(m, weight.dims(), weight.device())?;
+    let zeros = weight.zeros_like()?;
+    Ok(m.where_cond(&zeros, weight)?)
 }
 
 /// Fraction of zero weights per prunable layer and overall.
@@ -21,7 +23,11 @@ pub fn sparsity(model: &DecoderModel) -> Result<(Vec<(String, f64)>, f64)> {
     let mut per = Vec::new();
     let (mut z, mut n) = (0usize, 0usize);
     for l in model.linears() {
-        let v = l.weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let v = l
+            .weight
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let zl = v.iter().filter(|&&x| x == 0.0).count();
         per.push((l.name.clone(), zl as f64 / v.len() as f64));
         z += zl;

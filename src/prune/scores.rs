@@ -13,11 +13,19 @@ use std::collections::HashMap;
 
 /// `|W|` of a layer, row-major.
 pub fn magnitude(w: &Tensor) -> Result<Vec<f32>> {
-    Ok(w.to_dtype(DType::F32)?.abs()?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(w.to_dtype(DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 /// Scores from a relevance file, checked against the model.
-pub fn from_relevance(file: &RelevanceFile, model: &DecoderModel, config_sha256: &str, label: &str) -> Result<HashMap<String, Vec<f32>>> {
+pub fn from_relevance(
+    file: &RelevanceFile,
+    model: &DecoderModel,
+    config_sha256: &str,
+    label: &str,
+) -> Result<HashMap<String, Vec<f32>>> {
     if file.meta.config_sha256 != config_sha256 {
         fail!(
             Input,
@@ -32,7 +40,11 @@ pub fn from_relevance(file: &RelevanceFile, model: &DecoderModel, config_sha256:
             fail!(Input, "{label}: no scores for {key}");
         };
         if shape.as_slice() != lin.weight.dims() {
-            fail!(Input, "{label}: scores for {key} have shape {shape:?}, the weight is {:?}", lin.weight.dims());
+            fail!(
+                Input,
+                "{label}: scores for {key} have shape {shape:?}, the weight is {:?}",
+                lin.weight.dims()
+            );
         }
         out.insert(lin.name.clone(), v.iter().map(|x| x.abs()).collect());
     }
@@ -69,12 +81,19 @@ pub fn wanda_prune(
     }
     let mut ctxs: HashMap<usize, crate::model::layers::AttnCtx> = HashMap::new();
     for bi in 0..model.blocks.len() {
-        let names: Vec<(String, usize)> = model.blocks[bi].linears().iter().map(|l| (l.name.clone(), l.in_features())).collect();
-        let mut sq: HashMap<String, Vec<f64>> = names.iter().map(|(n, i)| (n.clone(), vec![0.0; *i])).collect();
+        let names: Vec<(String, usize)> = model.blocks[bi]
+            .linears()
+            .iter()
+            .map(|l| (l.name.clone(), l.in_features()))
+            .collect();
+        let mut sq: HashMap<String, Vec<f64>> = names
+            .iter()
+            .map(|(n, i)| (n.clone(), vec![0.0; *i]))
+            .collect();
         for h in &hs {
             let t = h.dims()[1];
-            if !ctxs.contains_key(&t) {
-                ctxs.insert(t, model.attn_ctx(t)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = ctxs.entry(t) {
+                e.insert(model.attn_ctx(t)?);
             }
             let block = &model.blocks[bi];
             let (_, saved) = block.forward_t(h, &ctxs[&t], true)?;
@@ -88,7 +107,10 @@ pub fn wanda_prune(
                 Mlp::Gated { gate, up, down, .. } => {
                     add_sq(sq.get_mut(&gate.name).expect("name"), &sv.mlp.x)?;
                     add_sq(sq.get_mut(&up.name).expect("name"), &sv.mlp.x)?;
-                    add_sq(sq.get_mut(&down.name).expect("name"), sv.mlp.h.as_ref().expect("gated"))?;
+                    add_sq(
+                        sq.get_mut(&down.name).expect("name"),
+                        sv.mlp.h.as_ref().expect("gated"),
+                    )?;
                 }
                 Mlp::Plain { fc1, fc2, .. } => {
                     add_sq(sq.get_mut(&fc1.name).expect("name"), &sv.mlp.x)?;
@@ -100,7 +122,11 @@ pub fn wanda_prune(
             let norms: Vec<f32> = sq[&lin.name].iter().map(|v| v.sqrt() as f32).collect();
             let (o, i) = lin.weight.dims2()?;
             let norms_t = Tensor::from_vec(norms, (1, i), &lin.weight.device().clone())?;
-            let score = lin.weight.to_dtype(DType::F32)?.abs()?.broadcast_mul(&norms_t)?;
+            let score = lin
+                .weight
+                .to_dtype(DType::F32)?
+                .abs()?
+                .broadcast_mul(&norms_t)?;
             let score = score.flatten_all()?.to_vec1::<f32>()?;
             let m = mask::layer_mask(&score, [o, i], ratio, scope, pattern)?;
             lin.weight = apply_mask(&lin.weight, &m)?;

@@ -1,6 +1,6 @@
 //! Token embeddings, plus OPT's learned positions (offset 2) and optional input projection.
 
-use super::{f32_of, Linear};
+use super::Linear;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
@@ -21,10 +21,12 @@ impl Embeddings {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
-        let table = f32_of(&self.tokens)?;
-        let mut x = table
+        // Gather rows in the storage dtype, then convert only those.
+        let mut x = self
+            .tokens
             .index_select(&flat, 0)?
-            .reshape((b, t, table.dims()[1]))?;
+            .to_dtype(DType::F32)?
+            .reshape((b, t, self.tokens.dims()[1]))?;
         if let Some(p) = &self.project_in {
             x = p.forward(&x)?;
         }
@@ -38,10 +40,7 @@ impl Embeddings {
     pub fn position_embeddings(&self, t: usize) -> Result<Option<Tensor>> {
         match &self.positions {
             None => Ok(None),
-            Some((table, offset)) => {
-                let table = f32_of(table)?;
-                Ok(Some(table.narrow(0, *offset, t)?.to_dtype(DType::F32)?))
-            }
+            Some((table, offset)) => Ok(Some(table.narrow(0, *offset, t)?.to_dtype(DType::F32)?)),
         }
     }
 
