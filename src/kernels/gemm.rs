@@ -1,15 +1,15 @@
 //! 2-D matrix products for the linear layers and the relevance pass.
 //!
-//! By default candle's matmul (the `gemm` crate). With the `openblas` cargo feature, f32 products
-//! on the CPU go to the system OpenBLAS (`cblas_sgemm`), which is faster on many x86 machines;
-//! operands may be contiguous or transposed views, never copied.
+//! By default candle's matmul (the `gemm` crate). With the `openblas` or `mkl` cargo feature,
+//! f32 products on the CPU go to that library's `cblas_sgemm` (system OpenBLAS, or Intel MKL's
+//! `libmkl_rt`); operands may be contiguous or transposed views, never copied.
 
 use anyhow::Result;
 use candle_core::Tensor;
 
 /// `a · b` for 2-D tensors (`[m, k] · [k, n]`); either operand may be a transposed view.
 pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
+    #[cfg(any(feature = "openblas", feature = "mkl"))]
     if let Some(c) = blas::mm(a, b)? {
         return Ok(c);
     }
@@ -19,7 +19,7 @@ pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Batched product over the two leading axes: `[B, H, m, k] · [B, H, k, n]` → `[B, H, m, n]`;
 /// the last two axes of either operand may be a transposed view.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
+    #[cfg(any(feature = "openblas", feature = "mkl"))]
     if let Some(c) = blas::bmm(a, b)? {
         return Ok(c);
     }
@@ -28,21 +28,23 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Number of threads the BLAS backend uses (no-op without the `openblas` feature).
 pub fn set_threads(n: usize) {
-    #[cfg(feature = "openblas")]
+    #[cfg(any(feature = "openblas", feature = "mkl"))]
     blas::set_threads(n);
-    #[cfg(not(feature = "openblas"))]
+    #[cfg(not(any(feature = "openblas", feature = "mkl")))]
     let _ = n;
 }
 
 pub fn backend() -> &'static str {
-    if cfg!(feature = "openblas") {
+    if cfg!(feature = "mkl") {
+        "mkl"
+    } else if cfg!(feature = "openblas") {
         "openblas"
     } else {
         "candle-gemm"
     }
 }
 
-#[cfg(feature = "openblas")]
+#[cfg(any(feature = "openblas", feature = "mkl"))]
 mod blas {
     use anyhow::Result;
     use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
@@ -68,12 +70,27 @@ mod blas {
             c: *mut f32,
             ldc: i32,
         );
+    }
+
+    #[cfg(feature = "mkl")]
+    extern "C" {
+        fn MKL_Set_Num_Threads(n: i32);
+    }
+    #[cfg(all(feature = "openblas", not(feature = "mkl")))]
+    extern "C" {
         fn openblas_set_num_threads(n: i32);
     }
 
     pub fn set_threads(n: usize) {
-        // SAFETY: plain FFI call into OpenBLAS with a positive thread count.
-        unsafe { openblas_set_num_threads(n as i32) }
+        // SAFETY: plain FFI calls with a positive thread count.
+        #[cfg(feature = "mkl")]
+        unsafe {
+            MKL_Set_Num_Threads(n as i32)
+        }
+        #[cfg(all(feature = "openblas", not(feature = "mkl")))]
+        unsafe {
+            openblas_set_num_threads(n as i32)
+        }
     }
 
     /// (transposed?, leading dimension) of a 2-D layout, if BLAS can read it as is.

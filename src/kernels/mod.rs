@@ -1,7 +1,8 @@
 //! CPU kernels that candle lacks or does slowly for our shapes. Each has a portable fallback
 //! built from candle ops, used on other devices.
 
+pub mod fastmath;
 pub mod gemm;
 pub mod softmax;
 
-pub use softmax::causal_softmax;
+pub use softmax::{causal_softmax, causal_softmax_backward};

@@ -181,12 +181,17 @@ impl Attention {
             .contiguous()?
             .reshape((b, kv, g * t, d))?;
         // A·v
-        let g_p = (bmm(&g_c, &sv.v.t()?)? * share)?;
+        // A·v: the A path gets `share` of the gradient, applied below with the other factors.
+        let g_p = bmm(&g_c, &sv.v.t()?)?;
         let g_v = (bmm(&sv.probs.t()?, &g_c)? * share)?; // [B, kv, T, d]
-                                                         // softmax: g_s = p ⊙ (g_p − Σ p ⊙ g_p); masked entries have p = 0.
-        let dot = (&sv.probs * &g_p)?.sum_keepdim(D::Minus1)?;
-        let g_s = (&sv.probs * g_p.broadcast_sub(&dot)?)?;
-        let g_s = (g_s * (self.scale * share))?;
+                                                         // softmax g_s = p ⊙ (g_p − Σ p ⊙ g_p) (masked entries have p = 0), then the score scale
+                                                         // and the q·kᵀ share.
+        let g_s = crate::kernels::causal_softmax_backward(
+            &sv.probs,
+            &g_p,
+            t,
+            self.scale * share * share,
+        )?;
         // q·kᵀ
         let g_q = bmm(&g_s, &sv.k)?; // [B, kv, g·T, d]
         let g_k = bmm(&g_s.t()?, &sv.q)?; // [B, kv, T, d]

@@ -32,7 +32,7 @@ impl Activation {
 
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Silu => x.silu()?,
+            Activation::Silu => crate::kernels::fastmath::silu_t(x)?,
             Activation::Relu => x.relu()?,
             Activation::Gelu => x.gelu_erf()?,
             Activation::GeluTanh => x.gelu()?,
@@ -117,8 +117,13 @@ impl Mlp {
                 act,
             } => {
                 let a = gate.forward(x)?;
-                let s = act.forward(&a)?;
                 let u = up.forward(x)?;
+                if !keep && *act == Activation::Silu {
+                    // One fused pass when nothing needs to be kept.
+                    let h = crate::kernels::fastmath::silu_mul(&a, &u)?;
+                    return Ok((down.forward(&h)?, None));
+                }
+                let s = act.forward(&a)?;
                 let h = (&s * &u)?;
                 let y = down.forward(&h)?;
                 let saved = keep.then(|| MlpSaved {
