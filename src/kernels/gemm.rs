@@ -109,6 +109,39 @@ mod blas {
         }
     }
 
+    /// One row-major `c = a · b` (beta = 0) into `c`, which must have room for m·n values.
+    ///
+    /// # Safety
+    /// `a` and `b` must point at views of the given sizes and leading dimensions.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sgemm(
+        (m, n, k): (usize, usize, usize),
+        a: *const f32,
+        ta: bool,
+        lda: usize,
+        b: *const f32,
+        tb: bool,
+        ldb: usize,
+        c: *mut f32,
+    ) {
+        cblas_sgemm(
+            ROW_MAJOR,
+            if ta { TRANS } else { NO_TRANS },
+            if tb { TRANS } else { NO_TRANS },
+            m as i32,
+            n as i32,
+            k as i32,
+            1.0,
+            a,
+            lda.max(1) as i32,
+            b,
+            ldb.max(1) as i32,
+            0.0,
+            c,
+            n.max(1) as i32,
+        );
+    }
+
     /// 4-D batched product into one output buffer (one sgemm per leading index pair).
     pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
@@ -143,21 +176,15 @@ mod blas {
                     // SAFETY: offsets and leading dimensions come from the operands' layouts;
                     // the output slice (i, j) lies inside `c`'s capacity.
                     unsafe {
-                        cblas_sgemm(
-                            ROW_MAJOR,
-                            if ta { TRANS } else { NO_TRANS },
-                            if tb { TRANS } else { NO_TRANS },
-                            m as i32,
-                            n as i32,
-                            k as i32,
-                            1.0,
+                        sgemm(
+                            (m, n, k),
                             pa,
-                            lda.max(1) as i32,
+                            ta,
+                            lda,
                             pb,
-                            ldb.max(1) as i32,
-                            0.0,
+                            tb,
+                            ldb,
                             c.as_mut_ptr().add((i * h + j) * m * n),
-                            n as i32,
                         );
                     }
                 }
@@ -197,22 +224,7 @@ mod blas {
             // SAFETY: the views were checked to lie inside their storages with these leading
             // dimensions; `c` has room for m·n values.
             unsafe {
-                cblas_sgemm(
-                    ROW_MAJOR,
-                    if ta { TRANS } else { NO_TRANS },
-                    if tb { TRANS } else { NO_TRANS },
-                    m as i32,
-                    n as i32,
-                    k as i32,
-                    1.0,
-                    pa,
-                    lda.max(1) as i32,
-                    pb,
-                    ldb.max(1) as i32,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n.max(1) as i32,
-                );
+                sgemm((m, n, k), pa, ta, lda, pb, tb, ldb, c.as_mut_ptr());
                 // With beta = 0 sgemm has written every element of the m·n output.
                 c.set_len(m * n);
             }

@@ -161,43 +161,30 @@ pub fn tokenizer_from_bytes(bytes: &[u8], label: &Path) -> Result<tokenizers::To
 /// Resolve and load a model.
 pub fn load(req: &ModelRequest) -> Result<Loaded> {
     let mut store = WeightStore::new(req.device.clone(), req.dtype);
+    if let Some(m) = req.model.as_deref().filter(|m| m.starts_with("builtin:")) {
+        if m != format!("builtin:{}", builtin::DEMO_NAME) {
+            fail!(
+                Usage,
+                "--model {m}: the only built-in model is builtin:{}",
+                builtin::DEMO_NAME
+            );
+        }
+    }
+    if req
+        .model
+        .as_deref()
+        .is_none_or(|m| m.starts_with("builtin:"))
+    {
+        let (cfg, tok) = builtin::load_demo(&mut store)?;
+        let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
+        let origin = Origin::Builtin {
+            name: builtin::DEMO_NAME.into(),
+        };
+        return finish(origin, cfg, model, tok, store, None);
+    }
     let (origin, config, tok_path): (Origin, serde_json::Value, Option<PathBuf>) = match &req.model
     {
-        None => {
-            let (cfg, tok) = builtin::load_demo(&mut store)?;
-            let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
-            return finish(
-                Origin::Builtin {
-                    name: builtin::DEMO_NAME.into(),
-                },
-                cfg,
-                model,
-                tok,
-                store,
-                None,
-            );
-        }
-        Some(m) if m.starts_with("builtin:") => {
-            if m != &format!("builtin:{}", builtin::DEMO_NAME) {
-                fail!(
-                    Usage,
-                    "--model {m}: the only built-in model is builtin:{}",
-                    builtin::DEMO_NAME
-                );
-            }
-            let (cfg, tok) = builtin::load_demo(&mut store)?;
-            let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
-            return finish(
-                Origin::Builtin {
-                    name: builtin::DEMO_NAME.into(),
-                },
-                cfg,
-                model,
-                tok,
-                store,
-                None,
-            );
-        }
+        None => unreachable!("the built-in model returned above"),
         Some(m) => {
             let p = Path::new(m);
             if p.exists() || p.symlink_metadata().is_ok() {
