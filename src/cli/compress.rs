@@ -260,7 +260,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     if a.save_mask {
         files.push((
             "mask.safetensors".to_string(),
-            mask_bytes(&model, &res.masks)?,
+            crate::prune::mask::to_bytes(&model, &res.masks)?,
         ));
     }
     crate::io::hf::write_model(&loaded, &model, &a.out, a.force, out_dtype, &files)?;
@@ -288,30 +288,4 @@ pub fn run(a: CompressArgs) -> Result<()> {
         println!("wrote        {}", a.out.display());
     }
     Ok(())
-}
-
-fn mask_bytes(
-    model: &crate::model::DecoderModel,
-    masks: &std::collections::HashMap<String, Vec<bool>>,
-) -> Result<Vec<u8>> {
-    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for l in model.linears() {
-        if let Some(m) = masks.get(&l.name) {
-            entries.push((
-                format!("{}.weight", l.name),
-                l.weight.dims().to_vec(),
-                m.iter().map(|&x| x as u8).collect(),
-            ));
-        }
-    }
-    let views = entries
-        .iter()
-        .map(|(n, s, b)| {
-            Ok((
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::U8, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, None)?)
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: argument types, dispatch, output. No numerics here.
 
 mod attribute;
+mod circuit;
 mod compress;
 mod eval;
 mod info;
@@ -37,6 +38,8 @@ pub enum Command {
     Attribute(attribute::AttributeArgs),
     /// Prune a model to a target sparsity (LRP, gradient, Wanda, magnitude) and write it in HF layout.
     Compress(compress::CompressArgs),
+    /// Find the sparse sub-network that carries a task (IOI built in, or a task file).
+    Circuit(circuit::CircuitArgs),
     /// Combine the relevance files of a sharded `attribute` run.
     Merge(merge::MergeArgs),
 }
@@ -144,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Circuit(a) => circuit::run(a),
         Command::Compress(a) => compress::run(a),
     }
 }

@@ -1,3 +1,4 @@
 //! Evaluation protocols (METHOD.md §4).
 
 pub mod perplexity;
+pub mod task;

@@ -3,14 +3,12 @@
 //! report. The directory is built under a temporary name beside `--out`, every file fsynced,
 //! then renamed into place; an existing `--out` is only replaced with `force`.
 
-use crate::error::{Kind, Tag};
 use crate::fail;
 use crate::model::DecoderModel;
 use crate::source::{Loaded, Origin};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One tensor ready to serialise: name, dtype, shape, little-endian bytes.
@@ -143,15 +141,7 @@ fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<(safetensors::Dtype, Vec<u8>
     })
 }
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let p = dir.join(name);
-    let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", p.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", p.display()))?;
-    Ok(())
-}
+use super::write_in as write_file;
 
 /// Write `model` (the loaded model after pruning) to `out`. `files` are extra outputs
 /// (report, mask) written into the same directory.
@@ -163,45 +153,13 @@ pub fn write_model(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    if out.exists() && !force {
-        fail!(
-            Output,
-            "{} already exists (use --force to replace it)",
-            out.display()
-        );
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "out".into());
-    let tmp = parent(out).join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let res = (|| -> Result<()> {
-        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        write_contents(loaded, model, &tmp, dtype, files)?;
-        if out.exists() {
-            let old = parent(out).join(format!(".{name}.sparc3-{}.old", std::process::id()));
-            std::fs::rename(out, &old)
-                .with_context(|| format!("moving the old {} aside", out.display()))?;
-            std::fs::rename(&tmp, out)
-                .with_context(|| format!("renaming into {}", out.display()))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&tmp, out)
-                .with_context(|| format!("renaming into {}", out.display()))?;
-        }
-        if let Ok(d) = std::fs::File::open(parent(out)) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    res.tag(Kind::Output)
+    super::atomic_dir(out, force, |tmp| {
+        write_contents(loaded, model, tmp, dtype, files)
+    })
 }
 
-fn write_contents(
+/// Write the model's files into an existing directory (inside an atomic output directory).
+pub fn write_contents(
     loaded: &Loaded,
     model: &DecoderModel,
     dir: &Path,

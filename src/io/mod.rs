@@ -2,6 +2,7 @@
 //! fsynced and renamed into place, so a reader never sees a half-written output.
 
 pub mod hf;
+pub mod svg;
 
 use crate::error::{Kind, Tag};
 use crate::fail;
@@ -87,4 +88,57 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.tag(Kind::Output)
+}
+
+/// Build a directory atomically: `fill` writes into a temporary directory beside `out`, which
+/// is then renamed into place (an existing `out` is replaced only with `force`, after the new
+/// one is complete). On any error nothing is left behind.
+pub fn atomic_dir(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() && !force {
+        fail!(
+            Output,
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
+    let tmp = parent_dir(out).join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let res = (|| -> Result<()> {
+        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        fill(&tmp)?;
+        if out.exists() {
+            let old = parent_dir(out).join(format!(".{name}.sparc3-{}.old", std::process::id()));
+            std::fs::rename(out, &old)
+                .with_context(|| format!("moving the old {} aside", out.display()))?;
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming into {}", out.display()))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming into {}", out.display()))?;
+        }
+        if let Ok(d) = std::fs::File::open(parent_dir(out)) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res.tag(Kind::Output)
+}
+
+/// Write one file inside a directory being built (fsynced).
+pub fn write_in(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", p.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", p.display()))?;
+    Ok(())
 }

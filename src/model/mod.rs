@@ -187,6 +187,38 @@ impl Block {
         v
     }
 
+    /// Each linear layer with its input as kept by `forward_t` (for input statistics).
+    pub fn linear_inputs<'a>(&'a self, sv: &'a BlockSaved) -> Vec<(&'a Linear, &'a Tensor)> {
+        let a = &self.attn;
+        let mut v = vec![
+            (&a.q, &sv.attn.x),
+            (&a.k, &sv.attn.x),
+            (&a.v, &sv.attn.x),
+            (&a.o, &sv.attn.merged),
+        ];
+        match &self.mlp {
+            Mlp::Gated { gate, up, down, .. } => v.extend([
+                (gate, &sv.mlp.x),
+                (up, &sv.mlp.x),
+                (
+                    down,
+                    sv.mlp.h.as_ref().expect("gated MLP keeps its product"),
+                ),
+            ]),
+            Mlp::Plain { fc1, fc2, .. } => v.extend([(fc1, &sv.mlp.x), (fc2, &sv.mlp.s)]),
+        }
+        v
+    }
+
+    /// The MLP's neurons: the layers whose rows make a neuron (`gate`, `up` / `fc1`) and the
+    /// layer whose columns read it (`down` / `fc2`).
+    pub fn neuron_layers(&self) -> (Vec<&Linear>, &Linear) {
+        match &self.mlp {
+            Mlp::Gated { gate, up, down, .. } => (vec![gate, up], down),
+            Mlp::Plain { fc1, fc2, .. } => (vec![fc1], fc2),
+        }
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let a = &mut self.attn;
         let mut v = vec![&mut a.q, &mut a.k, &mut a.v, &mut a.o];

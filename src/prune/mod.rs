@@ -1,9 +1,11 @@
 //! Scores, masks and applying them. Nothing here knows which architecture it prunes: it works
 //! on the model's list of linear layers and their names.
 
+pub mod circuit;
 pub mod compress;
 pub mod mask;
 pub mod scores;
+pub mod structured;
 
 use crate::model::DecoderModel;
 use anyhow::Result;

@@ -5,10 +5,9 @@ use super::apply_mask;
 use super::mask::{self, Pattern, Scope};
 use crate::fail;
 use crate::lrp::file::RelevanceFile;
-use crate::model::layers::Mlp;
 use crate::model::DecoderModel;
 use anyhow::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 
 /// `|W|` of a layer, row-major.
@@ -51,14 +50,91 @@ pub fn from_relevance(
     Ok(out)
 }
 
-/// Add the column sums of squares of `x` (`[.., in]`) to `acc`.
-fn add_sq(acc: &mut [f64], x: &Tensor) -> Result<()> {
-    let n = x.dims()[x.rank() - 1];
-    let s = x.reshape(((), n))?.sqr()?.sum(0)?.to_vec1::<f32>()?;
-    for (a, v) in acc.iter_mut().zip(s) {
-        *a += v as f64;
+/// Per-input-feature statistics of a linear layer's inputs over calibration tokens.
+#[derive(Clone, Debug)]
+pub struct InputStats {
+    /// `Σ_t x_tj²` (Wanda's ‖X_j‖₂²).
+    pub sumsq: Vec<f64>,
+    /// `Σ_t |x_tj|`.
+    pub sumabs: Vec<f64>,
+    pub tokens: usize,
+}
+
+impl InputStats {
+    fn new(n: usize) -> Self {
+        Self {
+            sumsq: vec![0.0; n],
+            sumabs: vec![0.0; n],
+            tokens: 0,
+        }
+    }
+
+    /// Add the rows of `x` (`[.., in]`).
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        let n = x.dims()[x.rank() - 1];
+        let x = x.reshape(((), n))?;
+        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
+        let ab = x.abs()?.sum(0)?.to_vec1::<f32>()?;
+        for ((a, b), (s, t)) in self
+            .sumsq
+            .iter_mut()
+            .zip(self.sumabs.iter_mut())
+            .zip(sq.iter().zip(&ab))
+        {
+            *a += *s as f64;
+            *b += *t as f64;
+        }
+        self.tokens += x.dims()[0];
+        Ok(())
+    }
+
+    /// ‖X_j‖₂ per input feature.
+    pub fn l2(&self) -> Vec<f32> {
+        self.sumsq.iter().map(|v| v.sqrt() as f32).collect()
+    }
+
+    /// Mean |x_j| per input feature.
+    pub fn mean_abs(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.sumabs.iter().map(|v| (v / n) as f32).collect()
+    }
+}
+
+/// Add one block's linear inputs (from a kept forward) to `stats`.
+fn add_block_stats(
+    block: &crate::model::Block,
+    sv: &crate::model::BlockSaved,
+    stats: &mut HashMap<String, InputStats>,
+) -> Result<()> {
+    for (lin, x) in block.linear_inputs(sv) {
+        stats
+            .entry(lin.name.clone())
+            .or_insert_with(|| InputStats::new(lin.in_features()))
+            .add(x)?;
     }
     Ok(())
+}
+
+/// Input statistics of every linear layer of the dense model over `samples`.
+pub fn input_stats(
+    model: &DecoderModel,
+    samples: &[Vec<u32>],
+    mut progress: impl FnMut(usize),
+) -> Result<HashMap<String, InputStats>> {
+    let mut stats = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
+        model.check_input(&ids)?;
+        let ctx = model.attn_ctx(s.len())?;
+        let mut h = model.embed.forward(&ids)?;
+        for block in &model.blocks {
+            let (y, sv) = block.forward_t(&h, &ctx, true)?;
+            add_block_stats(block, &sv.expect("kept"), &mut stats)?;
+            h = y;
+        }
+        progress(i + 1);
+    }
+    Ok(stats)
 }
 
 /// Wanda: per block, collect ‖X_j‖₂ of every linear's input over the calibration samples with
@@ -81,15 +157,7 @@ pub fn wanda_prune(
     }
     let mut ctxs: HashMap<usize, crate::model::layers::AttnCtx> = HashMap::new();
     for bi in 0..model.blocks.len() {
-        let names: Vec<(String, usize)> = model.blocks[bi]
-            .linears()
-            .iter()
-            .map(|l| (l.name.clone(), l.in_features()))
-            .collect();
-        let mut sq: HashMap<String, Vec<f64>> = names
-            .iter()
-            .map(|(n, i)| (n.clone(), vec![0.0; *i]))
-            .collect();
+        let mut sq: HashMap<String, InputStats> = HashMap::new();
         for h in &hs {
             let t = h.dims()[1];
             if let std::collections::hash_map::Entry::Vacant(e) = ctxs.entry(t) {
@@ -97,29 +165,10 @@ pub fn wanda_prune(
             }
             let block = &model.blocks[bi];
             let (_, saved) = block.forward_t(h, &ctxs[&t], true)?;
-            let sv = saved.expect("kept");
-            let a = &block.attn;
-            for l in [&a.q, &a.k, &a.v] {
-                add_sq(sq.get_mut(&l.name).expect("name"), &sv.attn.x)?;
-            }
-            add_sq(sq.get_mut(&a.o.name).expect("name"), &sv.attn.merged)?;
-            match &block.mlp {
-                Mlp::Gated { gate, up, down, .. } => {
-                    add_sq(sq.get_mut(&gate.name).expect("name"), &sv.mlp.x)?;
-                    add_sq(sq.get_mut(&up.name).expect("name"), &sv.mlp.x)?;
-                    add_sq(
-                        sq.get_mut(&down.name).expect("name"),
-                        sv.mlp.h.as_ref().expect("gated"),
-                    )?;
-                }
-                Mlp::Plain { fc1, fc2, .. } => {
-                    add_sq(sq.get_mut(&fc1.name).expect("name"), &sv.mlp.x)?;
-                    add_sq(sq.get_mut(&fc2.name).expect("name"), &sv.mlp.s)?;
-                }
-            }
+            add_block_stats(block, &saved.expect("kept"), &mut sq)?;
         }
         for lin in model.blocks[bi].linears_mut() {
-            let norms: Vec<f32> = sq[&lin.name].iter().map(|v| v.sqrt() as f32).collect();
+            let norms = sq[&lin.name].l2();
             let (o, i) = lin.weight.dims2()?;
             let norms_t = Tensor::from_vec(norms, (1, i), &lin.weight.device().clone())?;
             let score = lin
@@ -139,6 +188,5 @@ pub fn wanda_prune(
         }
         progress(bi + 1);
     }
-    let _ = D::Minus1;
     Ok(masks)
 }

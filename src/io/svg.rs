@@ -1,0 +1,328 @@
+//! Small, dependency-free SVG charts for reports: line charts (metric against fraction kept, one
+//! line per method) and heat maps (layer × component). Plain SVG 1.1 that any browser shows.
+
+use std::fmt::Write;
+
+const PALETTE: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// A highlighted point (e.g. the circuit found).
+    pub mark: Option<(f64, f64)>,
+}
+
+pub struct LineChart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub log_x: bool,
+    /// A dashed horizontal reference line and its label.
+    pub hline: Option<(f64, String)>,
+    pub series: Vec<Series>,
+}
+
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut v = Vec::new();
+    while t <= hi + step * 1e-9 {
+        v.push(t);
+        t += step;
+    }
+    v
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 0.01 {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
+pub fn line_chart(c: &LineChart) -> String {
+    let (w, h) = (720.0, 440.0);
+    let (l, r, t, b) = (70.0, 170.0, 40.0, 55.0);
+    let (pw, ph) = (w - l - r, h - t - b);
+    let all: Vec<(f64, f64)> = c
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .collect();
+    let tx = |x: f64| if c.log_x { x.max(1e-12).log10() } else { x };
+    let (mut x0, mut x1) = all
+        .iter()
+        .map(|p| tx(p.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let (mut y0, mut y1) = all
+        .iter()
+        .map(|p| p.1)
+        .chain(c.hline.as_ref().map(|h| h.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if c.log_x {
+        x0 = x0.floor();
+        x1 = x1.ceil();
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    y0 = y0.min(0.0);
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    y1 += (y1 - y0) * 0.05;
+    let px = |x: f64| l + (tx(x) - x0) / (x1 - x0) * pw;
+    let py = |y: f64| t + ph - (y - y0) / (y1 - y0) * ph;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
+<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>
+"##,
+        l + pw / 2.0,
+        esc(c.title)
+    );
+    // Axes and grid.
+    let xticks: Vec<f64> = if c.log_x {
+        (x0 as i32..=x1 as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        nice_ticks(x0, x1)
+    };
+    for xv in xticks {
+        let x = px(xv);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            t + ph,
+            t + ph + 16.0,
+            fmt_tick(xv)
+        );
+    }
+    for yv in nice_ticks(y0, y1) {
+        let y = py(yv);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            l + pw,
+            l - 6.0,
+            y + 4.0,
+            fmt_tick(yv)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        l + pw / 2.0,
+        h - 14.0,
+        esc(c.x_label),
+        t + ph / 2.0,
+        esc(c.y_label)
+    );
+    if let Some((yv, label)) = &c.hline {
+        let y = py(*yv);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#555" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="#555">{}</text>"##,
+            l + pw,
+            l + pw + 6.0,
+            y + 4.0,
+            esc(label)
+        );
+    }
+    for (i, se) in c.series.iter().enumerate() {
+        let col = PALETTE[i % PALETTE.len()];
+        let mut pts = se.points.clone();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{col}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for p in &pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{col}"/>"#,
+                px(p.0),
+                py(p.1)
+            );
+        }
+        if let Some(m) = se.mark {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="6" fill="none" stroke="{col}" stroke-width="2"/>"#,
+                px(m.0),
+                py(m.1)
+            );
+        }
+        let ly = t + 14.0 + 20.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{col}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            l + pw + 10.0,
+            l + pw + 34.0,
+            l + pw + 40.0,
+            ly + 4.0,
+            esc(&se.name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+pub struct HeatMap<'a> {
+    pub title: &'a str,
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    /// `values[row][col]` in [0, 1].
+    pub values: Vec<Vec<f64>>,
+    pub legend: &'a str,
+}
+
+/// White (0) to dark blue (1).
+fn shade(v: f64) -> String {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * v).round() as u8;
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        lerp(255.0, 8.0),
+        lerp(255.0, 48.0),
+        lerp(255.0, 107.0)
+    )
+}
+
+pub fn heatmap(m: &HeatMap) -> String {
+    let cell_w = (560.0 / m.cols.len().max(1) as f64).clamp(4.0, 48.0);
+    let cell_h = (520.0 / m.rows.len().max(1) as f64).clamp(8.0, 22.0);
+    let (l, t) = (80.0, 60.0);
+    let w = l + cell_w * m.cols.len() as f64 + 120.0;
+    let h = t + cell_h * m.rows.len() as f64 + 50.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{:.1}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        w / 2.0,
+        esc(m.title)
+    );
+    let label_every = (m.cols.len() / 24).max(1);
+    for (j, c) in m.cols.iter().enumerate() {
+        if j % label_every == 0 {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                l + cell_w * (j as f64 + 0.5),
+                t - 6.0,
+                esc(c)
+            );
+        }
+    }
+    for (i, r) in m.rows.iter().enumerate() {
+        let y = t + cell_h * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            l - 6.0,
+            y + cell_h * 0.75,
+            esc(r)
+        );
+        for (j, v) in m.values[i].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{cell_w:.1}" height="{cell_h:.1}" fill="{}"><title>{} {}: {:.4}</title></rect>"#,
+                l + cell_w * j as f64,
+                shade(*v),
+                esc(r),
+                esc(&m.cols[j]),
+                v
+            );
+        }
+    }
+    // Legend.
+    let lx = l + cell_w * m.cols.len() as f64 + 20.0;
+    for k in 0..=10 {
+        let v = k as f64 / 10.0;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{lx:.1}" y="{:.1}" width="16" height="14" fill="{}" stroke="#999" stroke-width="0.3"/>"##,
+            t + 14.0 * (10 - k) as f64,
+            shade(v)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}">1</text><text x="{:.1}" y="{:.1}">0</text><text x="{lx:.1}" y="{:.1}">{}</text>"#,
+        lx + 20.0,
+        t + 11.0,
+        lx + 20.0,
+        t + 151.0,
+        t + 172.0,
+        esc(m.legend)
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_well_formed_svg() {
+        let c = LineChart {
+            title: "IOI <test>",
+            x_label: "kept",
+            y_label: "acc",
+            log_x: true,
+            hline: Some((0.8, "90% of dense".into())),
+            series: vec![Series {
+                name: "lrp".into(),
+                points: vec![(1.0, 0.9), (0.1, 0.85), (0.01, 0.3)],
+                mark: Some((0.1, 0.85)),
+            }],
+        };
+        let s = line_chart(&c);
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert!(s.contains("IOI &lt;test&gt;") && s.contains("<polyline"));
+        let m = heatmap(&HeatMap {
+            title: "map",
+            rows: vec!["0".into(), "1".into()],
+            cols: vec!["q".into(), "k".into()],
+            values: vec![vec![0.0, 1.0], vec![0.5, 0.25]],
+            legend: "kept",
+        });
+        assert_eq!(m.matches("<rect x=").count(), 4 + 11);
+    }
+}
