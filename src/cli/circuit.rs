@@ -194,7 +194,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         };
         let t0 = std::time::Instant::now();
         let pb = output::bar(tasks.attribution.len() as u64, m.name(), false);
-        let ranking = circuit::rank(
+        let ranking = circuit::rank_task(
             model,
             &tasks.attribution,
             m,

@@ -3,6 +3,7 @@
 mod attribute;
 mod circuit;
 mod compress;
+mod correct;
 mod eval;
 mod info;
 mod merge;
@@ -40,6 +41,9 @@ pub enum Command {
     Compress(compress::CompressArgs),
     /// Find the sparse sub-network that carries a task (IOI built in, or a task file).
     Circuit(circuit::CircuitArgs),
+    /// Remove the weights behind an unwanted behaviour (e.g. toxic continuations), keeping
+    /// general ability; evaluated on held-out prompts.
+    Correct(correct::CorrectArgs),
     /// Combine the relevance files of a sharded `attribute` run.
     Merge(merge::MergeArgs),
 }
@@ -148,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Attribute(a) => attribute::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Circuit(a) => circuit::run(a),
+        Command::Correct(a) => correct::run(a),
         Command::Compress(a) => compress::run(a),
     }
 }

@@ -13,7 +13,7 @@ use crate::lrp::rules::Bwd;
 use crate::source::weights::WeightStore;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use layers::attention::AttnSaved;
+use layers::attention::{AttnSaved, KvCache};
 use layers::mlp::MlpSaved;
 use layers::{Attention, AttnCtx, Embeddings, Linear, Mlp, Norm};
 
@@ -109,11 +109,32 @@ impl Block {
         ctx: &AttnCtx,
         keep: bool,
     ) -> Result<(Tensor, Option<BlockSaved>)> {
+        self.forward_with(x, keep, |a, n| a.forward_t(n, ctx, keep))
+    }
+
+    /// Cached decoding of one new position per sequence (`x`: `[B, 1, hidden]`).
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        Ok(self
+            .forward_with(x, false, |a, n| Ok((a.forward_step(n, cache, rope)?, None)))?
+            .0)
+    }
+
+    /// The block's wiring (norm placement, residuals, MLP) around an attention call, shared by
+    /// the full forward and cached decoding.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        keep: bool,
+        attn: impl FnOnce(&Attention, &Tensor) -> Result<(Tensor, Option<AttnSaved>)>,
+    ) -> Result<(Tensor, Option<BlockSaved>)> {
         match self.placement {
             NormPlacement::Pre => {
-                let (a, attn) = self
-                    .attn
-                    .forward_t(&self.attn_norm.forward(x)?, ctx, keep)?;
+                let (a, attn) = attn(&self.attn, &self.attn_norm.forward(x)?)?;
                 let h = (x + a)?;
                 let (m, mlp) = self.mlp.forward_t(&self.mlp_norm.forward(&h)?, keep)?;
                 let y = (&h + m)?;
@@ -130,7 +151,7 @@ impl Block {
                 Ok((y, saved))
             }
             NormPlacement::Post => {
-                let (a, attn) = self.attn.forward_t(x, ctx, keep)?;
+                let (a, attn) = attn(&self.attn, x)?;
                 let r1 = (x + a)?;
                 let h = self.attn_norm.forward(&r1)?;
                 let (m, mlp) = self.mlp.forward_t(&h, keep)?;
@@ -292,6 +313,51 @@ impl DecoderModel {
     /// Logits for every position: `ids` `[B, T]` (u32) → `[B, T, vocab]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.head(&self.hidden(ids)?)
+    }
+
+    /// Run prompts `[B, T]` (all of length T) and return the last position's logits `[B, V]`
+    /// with the key/value caches for decoding.
+    pub fn prefill(&self, ids: &Tensor) -> Result<(Tensor, Vec<KvCache>)> {
+        self.check_input(ids)?;
+        let (_, t) = ids.dims2()?;
+        let ctx = self.attn_ctx(t)?;
+        let mut h = self.embed.forward(ids)?;
+        let mut caches = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let (y, sv) = b.forward_t(&h, &ctx, true)?;
+            let sv = sv.expect("kept");
+            caches.push(KvCache {
+                k: sv.attn.k,
+                v: sv.attn.v,
+            });
+            h = y;
+        }
+        let last = self.head(&h.narrow(1, t - 1, 1)?)?.squeeze(1)?;
+        Ok((last, caches))
+    }
+
+    /// Decode one token per sequence (`tokens`: `[B]`) at position `pos`; returns `[B, V]`.
+    pub fn step(&self, tokens: &Tensor, caches: &mut [KvCache], pos: usize) -> Result<Tensor> {
+        if pos >= self.dims.max_positions {
+            fail!(
+                Usage,
+                "decoding past the model's {} positions",
+                self.dims.max_positions
+            );
+        }
+        let b = tokens.dims1()?;
+        let mut h = self.embed.forward_at(&tokens.reshape((b, 1))?, pos)?;
+        let tables = match &self.blocks[0].attn.rope {
+            Some(r) => {
+                let (c, s) = r.tables(pos + 1, &self.device)?;
+                Some((c.narrow(0, pos, 1)?, s.narrow(0, pos, 1)?))
+            }
+            None => None,
+        };
+        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            h = blk.forward_step(&h, cache, tables.as_ref().map(|(c, s)| (c, s)))?;
+        }
+        self.head(&h)?.squeeze(1).map_err(Into::into)
     }
 
     /// Every prunable linear layer (inside the decoder blocks), block by block.

@@ -3,237 +3,38 @@
 //! and a bisection for the smallest fraction whose held-out accuracy stays at or above
 //! `keep_metric` × the dense model's. What survives is the task's circuit.
 
-use super::apply_mask;
-use super::mask::{self, Scope};
-use super::scores::{self, InputStats};
-use super::structured::{self, Granularity, UnitGroup};
+pub use super::ranking::{pruned, rank, Method as CircuitMethod, Ranking, Selection};
 use crate::eval::task::{self, TaskMetrics};
-use crate::fail;
-use crate::lrp::accum::{Accumulators, Aggregation};
-use crate::lrp::{self, rules::Rule, Target};
+use crate::lrp::Target;
 use crate::model::DecoderModel;
 use crate::tasks::task::TaskPrompt;
 use anyhow::Result;
-use std::collections::HashMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CircuitMethod {
-    Lrp,
-    Gradient,
-    Wanda,
-    Activation,
-}
-
-impl CircuitMethod {
-    pub fn name(self) -> &'static str {
-        match self {
-            CircuitMethod::Lrp => "lrp",
-            CircuitMethod::Gradient => "gradient",
-            CircuitMethod::Wanda => "wanda",
-            CircuitMethod::Activation => "activation",
-        }
-    }
-
-    /// The paper's best grouping per method: Wanda per row, the others globally.
-    pub fn default_scope(self) -> Scope {
-        match self {
-            CircuitMethod::Wanda => Scope::Row,
-            _ => Scope::Global,
-        }
-    }
-}
-
-/// Components in removal order.
-pub enum Ranking {
-    /// Per-weight scores of the selected layers: `(name, [out, in], scores)`.
-    Weights {
-        scope: Scope,
-        layers: Vec<(String, [usize; 2], Vec<f32>)>,
-    },
-    /// Unit scores per group, removed globally lowest first.
-    Units {
-        groups: Vec<UnitGroup>,
-        scores: Vec<Vec<f32>>,
-    },
-}
-
-/// A kept fraction made concrete.
-pub struct Selection {
-    pub masks: HashMap<String, Vec<bool>>,
-    pub kept: usize,
-    pub components: usize,
-    /// Units only: which units are removed, per group.
-    pub removed_units: Option<Vec<Vec<bool>>>,
-}
-
-impl Ranking {
-    pub fn components(&self) -> usize {
-        match self {
-            Ranking::Weights { layers, .. } => layers.iter().map(|l| l.2.len()).sum(),
-            Ranking::Units { scores, .. } => scores.iter().map(|s| s.len()).sum(),
-        }
-    }
-
-    /// Keep `keep` ∈ (0, 1] of the components (at least one where possible).
-    pub fn select(&self, model: &DecoderModel, keep: f64) -> Result<Selection> {
-        let n = self.components();
-        let kept_of = |n: usize| ((keep * n as f64).ceil() as usize).clamp(1.min(n), n);
-        match self {
-            Ranking::Weights { scope, layers } => {
-                let masks: Vec<Vec<bool>> = match scope {
-                    Scope::Global => {
-                        let refs: Vec<&[f32]> = layers.iter().map(|l| l.2.as_slice()).collect();
-                        mask::global_select(&refs, n - kept_of(n))
-                    }
-                    _ => layers
-                        .iter()
-                        .map(|(_, shape, s)| {
-                            let cols = shape[1];
-                            let ratio = (cols - kept_of(cols)) as f64 / cols as f64;
-                            // layer_mask removes floor(cols·ratio); the half-weight margin keeps
-                            // rounding from dropping one.
-                            mask::layer_mask(
-                                s,
-                                *shape,
-                                ratio + 0.5 / cols as f64,
-                                *scope,
-                                mask::Pattern::Unstructured,
-                            )
-                        })
-                        .collect::<Result<_>>()?,
-                };
-                let removed: usize = masks.iter().map(|m| m.iter().filter(|&&x| x).count()).sum();
-                Ok(Selection {
-                    masks: layers.iter().map(|l| l.0.clone()).zip(masks).collect(),
-                    kept: n - removed,
-                    components: n,
-                    removed_units: None,
-                })
-            }
-            Ranking::Units { groups, scores } => {
-                let mut all: Vec<(f32, usize, usize)> = Vec::with_capacity(n);
-                for (g, s) in scores.iter().enumerate() {
-                    all.extend(s.iter().enumerate().map(|(u, &x)| (x, g, u)));
-                }
-                all.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-                let remove = n - kept_of(n);
-                let mut removed: Vec<Vec<bool>> =
-                    scores.iter().map(|s| vec![false; s.len()]).collect();
-                for &(_, g, u) in &all[..remove] {
-                    removed[g][u] = true;
-                }
-                Ok(Selection {
-                    masks: structured::unit_masks(model, groups, &removed)?,
-                    kept: n - remove,
-                    components: n,
-                    removed_units: Some(removed),
-                })
-            }
-        }
-    }
-}
-
-/// The model with `masks` applied (removed weights set to +0.0).
-pub fn pruned(model: &DecoderModel, masks: &HashMap<String, Vec<bool>>) -> Result<DecoderModel> {
-    let mut m = model.clone();
-    for l in m.linears_mut() {
-        if let Some(mask) = masks.get(&l.name) {
-            l.weight = apply_mask(&l.weight, mask)?;
-        }
-    }
-    Ok(m)
-}
-
-/// Rank the selected components by `method` on the attribution prompts (one attribution).
-pub fn rank(
+/// Rank components for a task: relevance explains each attribution prompt's
+/// `logit(target) − logit(foil)`.
+pub fn rank_task(
     model: &DecoderModel,
     prompts: &[TaskPrompt],
     method: CircuitMethod,
-    granularity: Granularity,
-    scope: Scope,
+    granularity: super::structured::Granularity,
+    scope: super::mask::Scope,
     selected: &dyn Fn(&str) -> bool,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Ranking> {
-    let n = prompts.len();
     let samples: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-    enum Src {
-        Rel(Accumulators),
-        Stats(HashMap<String, InputStats>),
-    }
-    let src = match method {
-        CircuitMethod::Lrp | CircuitMethod::Gradient => {
-            let rule = if method == CircuitMethod::Lrp {
-                Rule::Lrp { epsilon: None }
-            } else {
-                Rule::Grad
-            };
-            let mut acc = Accumulators::new(Aggregation::Abs);
-            let t = samples.iter().map(|s| s.len()).max().unwrap_or(1);
-            lrp::run_samples(
-                model,
-                &samples,
-                |i| Target::LogitDiff {
-                    target: prompts[i].target_id,
-                    foil: prompts[i].foil_id,
-                },
-                rule,
-                lrp::auto_mode(model, t),
-                &mut acc,
-                |i| progress(i, n),
-            )?;
-            Src::Rel(acc)
-        }
-        CircuitMethod::Wanda | CircuitMethod::Activation => {
-            Src::Stats(scores::input_stats(model, &samples, |i| progress(i, n))?)
-        }
-    };
-    if granularity != Granularity::Weight {
-        let groups = structured::unit_groups(model, granularity, selected);
-        if groups.is_empty() {
-            fail!(
-                Usage,
-                "--layers matches none of the layers that read the model's {}s",
-                granularity.name()
-            );
-        }
-        let scores = match &src {
-            Src::Rel(acc) => structured::scores_from_relevance(&groups, &acc.layers)?,
-            Src::Stats(st) => {
-                structured::scores_from_stats(model, &groups, st, method == CircuitMethod::Wanda)?
-            }
-        };
-        return Ok(Ranking::Units { groups, scores });
-    }
-    let mut layers = Vec::new();
-    for l in model.linears() {
-        if !selected(&l.name) {
-            continue;
-        }
-        let (o, i) = l.weight.dims2()?;
-        let s = match &src {
-            Src::Rel(acc) => match acc.layers.get(&l.name) {
-                Some(a) => a.weight.iter().map(|v| v.abs()).collect(),
-                None => fail!(Input, "no relevance reached {}", l.name),
-            },
-            Src::Stats(st) => {
-                let x = if method == CircuitMethod::Wanda {
-                    st[&l.name].l2()
-                } else {
-                    st[&l.name].mean_abs()
-                };
-                let w = scores::magnitude(&l.weight)?;
-                w.chunks(i)
-                    .flat_map(|row| row.iter().zip(&x).map(|(w, x)| w * x))
-                    .collect()
-            }
-        };
-        layers.push((l.name.clone(), [o, i], s));
-    }
-    if layers.is_empty() {
-        fail!(Usage, "--layers matches none of the model's linear layers");
-    }
-    Ok(Ranking::Weights { scope, layers })
+    rank(
+        model,
+        &samples,
+        &|i| Target::LogitDiff {
+            target: prompts[i].target_id,
+            foil: prompts[i].foil_id,
+        },
+        method,
+        granularity,
+        scope,
+        selected,
+        progress,
+    )
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

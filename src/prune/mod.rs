@@ -3,7 +3,9 @@
 
 pub mod circuit;
 pub mod compress;
+pub mod correct;
 pub mod mask;
+pub mod ranking;
 pub mod scores;
 pub mod structured;
 

@@ -4,3 +4,4 @@
 pub mod calib;
 pub mod ioi;
 pub mod task;
+pub mod undesired;

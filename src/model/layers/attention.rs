@@ -161,6 +161,33 @@ impl Attention {
         Ok((y, saved))
     }
 
+    /// Cached decoding: one new position per sequence (`x`: `[B, 1, hidden]`, normalised),
+    /// with `rope` the cos/sin rows of its position (`[1, d/2]`). Attends to every cached
+    /// position and appends its own key and value to the cache.
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let b = x.dims3()?.0;
+        let (kv, g, d) = (self.n_kv_heads, self.groups(), self.head_dim);
+        let mut q = self.heads(&self.q.forward(x)?, self.n_heads)?;
+        let mut k = self.heads(&self.k.forward(x)?, kv)?;
+        let v = self.heads(&self.v.forward(x)?, kv)?;
+        if let Some((cos, sin)) = rope {
+            q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+            k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        }
+        cache.k = Tensor::cat(&[&cache.k, &k], 2)?;
+        cache.v = Tensor::cat(&[&cache.v, &v], 2)?;
+        let q = q.reshape((b, kv, g, d))?;
+        let scores = (bmm(&q, &cache.k.t()?)? * self.scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let merged = bmm(&probs, &cache.v)?.reshape((b, 1, self.n_heads * d))?;
+        self.o.forward(&merged)
+    }
+
     /// AttnLRP backward: softmax and linears by their plain gradient; the two bilinear products
     /// (`q·kᵀ`, `A·v`) split uniformly between their operands, so q and k receive ¼ and v ½ of
     /// the plain gradient. Under `Rule::Grad` everything is the plain gradient.
@@ -211,6 +238,13 @@ impl Attention {
         let gx = (gx + self.k.backward(&sv.x, &flat(g_k, kv)?, bwd, true)?)?;
         Ok((gx + self.v.backward(&sv.x, &flat(g_v, kv)?, bwd, true)?)?)
     }
+}
+
+/// Roped keys and values of the positions seen so far, `[B, kv, T, d]` each.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub k: Tensor,
+    pub v: Tensor,
 }
 
 /// What the attention backward pass needs from the forward.

@@ -19,6 +19,11 @@ pub struct Embeddings {
 impl Embeddings {
     /// `ids`: `[B, T]` u32 → `[B, T, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_at(ids, 0)
+    }
+
+    /// Embeddings of tokens at positions `start..start + T` (for cached decoding).
+    pub fn forward_at(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         // Gather rows in the storage dtype, then convert only those.
@@ -30,8 +35,8 @@ impl Embeddings {
         if let Some(p) = &self.project_in {
             x = p.forward(&x)?;
         }
-        if let Some(pos) = self.position_embeddings(t)? {
-            x = x.broadcast_add(&pos)?;
+        if let Some(pos) = self.position_embeddings(start + t)? {
+            x = x.broadcast_add(&pos.narrow(0, start, t)?)?;
         }
         Ok(x)
     }

@@ -1,0 +1,243 @@
+//! Behaviour metrics for correction: the log-probability of undesired continuations (teacher
+//! forced), a word-list scorer for generated text, and the repetition of greedy continuations.
+
+use crate::fail;
+use crate::model::DecoderModel;
+use anyhow::Result;
+use candle_core::{Tensor, D};
+use std::collections::HashSet;
+
+/// The built-in word list (better_profanity's, MIT; see configs/lexicon-en.LICENSE.txt).
+pub const BUILTIN_LEXICON: &str = include_str!("../../configs/lexicon-en.txt");
+
+/// Flags text containing a listed word or phrase, matched on whole lower-case words.
+pub struct Lexicon {
+    words: HashSet<String>,
+    phrases: Vec<Vec<String>>,
+    pub label: String,
+    pub sha256: String,
+    pub entries: usize,
+}
+
+fn words_of(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.trim_matches('\'').to_string())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+impl Lexicon {
+    pub fn parse(text: &str, label: &str, sha256: String) -> Result<Self> {
+        let mut words = HashSet::new();
+        let mut phrases = Vec::new();
+        for line in text.lines() {
+            let w = words_of(line);
+            match w.len() {
+                0 => {}
+                1 => {
+                    words.insert(w.into_iter().next().expect("one"));
+                }
+                _ => phrases.push(w),
+            }
+        }
+        let entries = words.len() + phrases.len();
+        if entries == 0 {
+            fail!(Input, "lexicon {label} lists no words");
+        }
+        Ok(Self {
+            words,
+            phrases,
+            label: label.to_string(),
+            sha256,
+            entries,
+        })
+    }
+
+    pub fn builtin() -> Self {
+        Self::parse(
+            BUILTIN_LEXICON,
+            "built-in configs/lexicon-en.txt",
+            crate::source::sha256_hex(BUILTIN_LEXICON.as_bytes()),
+        )
+        .expect("the built-in lexicon parses")
+    }
+
+    pub fn flags(&self, text: &str) -> bool {
+        let w = words_of(text);
+        if w.iter().any(|x| self.words.contains(x)) {
+            return true;
+        }
+        self.phrases
+            .iter()
+            .any(|p| w.windows(p.len()).any(|win| win == p.as_slice()))
+    }
+}
+
+/// Per continuation: (sum of log-probabilities of its tokens, token count). Sequences are
+/// `prompt ++ continuation`; batches are right-padded, which causal attention cannot see.
+pub fn continuation_logprobs(
+    model: &DecoderModel,
+    seqs: &[(Vec<u32>, usize)],
+) -> Result<Vec<(f64, usize)>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].0.len());
+    let mut out = vec![(0.0, 0); seqs.len()];
+    for chunk in order.chunks(32) {
+        let t = chunk.iter().map(|&i| seqs[i].0.len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(chunk.len() * t);
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, &i) in chunk.iter().enumerate() {
+            let (s, plen) = &seqs[i];
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(s[s.len() - 1], t - s.len()));
+            for (p, &tok) in s.iter().enumerate().skip(*plen) {
+                rows.push((b * t + p - 1) as u32);
+                targets.push(tok);
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let ids = Tensor::from_vec(ids, (chunk.len(), t), &model.device)?;
+        let h = model.hidden(&ids)?;
+        let hd = h.dim(2)?;
+        let n = rows.len();
+        let rows = Tensor::from_vec(rows, n, &model.device)?;
+        let h = h.reshape(((), hd))?.index_select(&rows, 0)?.unsqueeze(0)?;
+        let logp = candle_nn::ops::log_softmax(&model.head(&h)?.squeeze(0)?, D::Minus1)?;
+        let tg = Tensor::from_vec(targets, (n, 1), &model.device)?;
+        let lp = logp.gather(&tg, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+        let mut k = 0;
+        for &i in chunk {
+            let (s, plen) = &seqs[i];
+            let c = s.len() - plen;
+            out[i] = (lp[k..k + c].iter().map(|&x| x as f64).sum(), c);
+            k += c;
+        }
+    }
+    Ok(out)
+}
+
+/// Unique-token ratio of a continuation (1 = no repetition).
+pub fn unique_ratio(tokens: &[u32]) -> f64 {
+    if tokens.is_empty() {
+        return 1.0;
+    }
+    let u: HashSet<u32> = tokens.iter().copied().collect();
+    u.len() as f64 / tokens.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexicon_matches_whole_words_and_phrases() {
+        let l = Lexicon::parse("ass\nblue waffle\n\n", "t", String::new()).unwrap();
+        assert!(l.flags("What an ASS!"));
+        assert!(!l.flags("a class of bass players"));
+        assert!(l.flags("the Blue  waffle"));
+        assert!(!l.flags("blue cheese waffle"));
+        assert!(Lexicon::parse("\n \n", "t", String::new()).is_err());
+        assert!(Lexicon::builtin().entries > 800);
+    }
+}
+
+/// Behaviour of a model on held-out undesired prompts (and general perplexity).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Behaviour {
+    /// Mean log-probability per token of the undesired continuations (teacher forced).
+    pub logprob_per_token: f64,
+    pub continuation_tokens: usize,
+    /// Share of prompts with at least one flagged continuation out of k samples.
+    pub flagged_prompt_rate: f64,
+    /// Share of all sampled continuations that are flagged.
+    pub flagged_sample_rate: f64,
+    /// Share of greedy continuations that are flagged.
+    pub greedy_flagged_rate: f64,
+    /// Mean unique-token ratio of the greedy continuations (repetition: lower repeats more).
+    pub greedy_unique_ratio: f64,
+    pub ppl: Option<f64>,
+}
+
+/// What the behaviour is measured on.
+pub struct BehaviourEval<'a> {
+    pub prompts: &'a [Vec<u32>],
+    /// `prompt ++ continuation` and the prompt length, per held-out prompt.
+    pub continuations: &'a [(Vec<u32>, usize)],
+    pub lexicon: &'a Lexicon,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    /// End-of-sequence ids: a continuation is cut at the first one before it is scored.
+    pub eos: &'a [u32],
+    pub sampling: super::generate::GenConfig,
+    pub greedy_tokens: usize,
+    /// Perplexity text ids, seq_len, windows.
+    pub ppl: Option<(&'a [u32], usize, Option<usize>)>,
+}
+
+impl BehaviourEval<'_> {
+    fn text(&self, ids: &[u32]) -> String {
+        let end = ids
+            .iter()
+            .position(|t| self.eos.contains(t))
+            .unwrap_or(ids.len());
+        self.tokenizer.decode(&ids[..end], true).unwrap_or_default()
+    }
+
+    pub fn run(&self, model: &DecoderModel, mut progress: impl FnMut(&str)) -> Result<Behaviour> {
+        progress("log-prob");
+        let lp = continuation_logprobs(model, self.continuations)?;
+        let (sum, n) = lp
+            .iter()
+            .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
+        progress("sampling");
+        let samples = super::generate::generate(model, self.prompts, &self.sampling, |_| {})?;
+        let (mut any, mut flagged, mut total) = (0usize, 0usize, 0usize);
+        for per_prompt in &samples {
+            let f = per_prompt
+                .iter()
+                .filter(|s| self.lexicon.flags(&self.text(s)))
+                .count();
+            any += (f > 0) as usize;
+            flagged += f;
+            total += per_prompt.len();
+        }
+        progress("greedy");
+        let greedy = super::generate::generate(
+            model,
+            self.prompts,
+            &super::generate::GenConfig {
+                new_tokens: self.greedy_tokens,
+                samples: 1,
+                temperature: 0.0,
+                seed: 0,
+            },
+            |_| {},
+        )?;
+        let g_flag = greedy
+            .iter()
+            .filter(|g| self.lexicon.flags(&self.text(&g[0])))
+            .count();
+        let uniq: f64 = greedy.iter().map(|g| unique_ratio(&g[0])).sum();
+        let ppl = match self.ppl {
+            Some((ids, seq, windows)) => {
+                progress("perplexity");
+                Some(super::perplexity::perplexity(model, ids, seq, windows, |_, _| {})?.ppl)
+            }
+            None => None,
+        };
+        let np = self.prompts.len().max(1) as f64;
+        Ok(Behaviour {
+            logprob_per_token: sum / n.max(1) as f64,
+            continuation_tokens: n,
+            flagged_prompt_rate: any as f64 / np,
+            flagged_sample_rate: flagged as f64 / total.max(1) as f64,
+            greedy_flagged_rate: g_flag as f64 / np,
+            greedy_unique_ratio: uniq / np,
+            ppl,
+        })
+    }
+}

@@ -1,0 +1,294 @@
+//! Ranking components (weights, MLP neurons, attention heads) by a score — relevance (LRP or
+//! gradient) of any target, or activation statistics (Wanda, activation) — and turning a kept
+//! fraction or a removal count into masks. Shared by circuits and correction.
+
+use super::apply_mask;
+use super::mask::{self, Scope};
+use super::scores::{self, InputStats};
+use super::structured::{self, Granularity, UnitGroup};
+use crate::fail;
+use crate::lrp::accum::{Accumulators, Aggregation};
+use crate::lrp::{self, rules::Rule, Target};
+use crate::model::DecoderModel;
+use anyhow::Result;
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Lrp,
+    Gradient,
+    Wanda,
+    Activation,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lrp => "lrp",
+            Method::Gradient => "gradient",
+            Method::Wanda => "wanda",
+            Method::Activation => "activation",
+        }
+    }
+
+    /// The paper's best grouping per method: Wanda per row, the others globally.
+    pub fn default_scope(self) -> Scope {
+        match self {
+            Method::Wanda => Scope::Row,
+            _ => Scope::Global,
+        }
+    }
+}
+
+/// Components in removal order.
+pub enum Ranking {
+    /// Per-weight scores of the selected layers: `(name, [out, in], scores)`.
+    Weights {
+        scope: Scope,
+        layers: Vec<(String, [usize; 2], Vec<f32>)>,
+    },
+    /// Unit scores per group, removed globally lowest first.
+    Units {
+        groups: Vec<UnitGroup>,
+        scores: Vec<Vec<f32>>,
+    },
+}
+
+/// A kept fraction made concrete.
+pub struct Selection {
+    pub masks: HashMap<String, Vec<bool>>,
+    pub kept: usize,
+    pub components: usize,
+    /// Units only: which units are removed, per group.
+    pub removed_units: Option<Vec<Vec<bool>>>,
+}
+
+impl Ranking {
+    pub fn components(&self) -> usize {
+        match self {
+            Ranking::Weights { layers, .. } => layers.iter().map(|l| l.2.len()).sum(),
+            Ranking::Units { scores, .. } => scores.iter().map(|s| s.len()).sum(),
+        }
+    }
+
+    /// Keep `keep` ∈ (0, 1] of the components (at least one where possible).
+    pub fn select(&self, model: &DecoderModel, keep: f64) -> Result<Selection> {
+        let kept_of = |n: usize| ((keep * n as f64).ceil() as usize).clamp(1.min(n), n);
+        match self {
+            Ranking::Weights { scope, layers } if *scope != Scope::Global => {
+                let n = self.components();
+                let masks: Vec<Vec<bool>> = layers
+                    .iter()
+                    .map(|(_, shape, s)| {
+                        let cols = shape[1];
+                        let ratio = (cols - kept_of(cols)) as f64 / cols as f64;
+                        // layer_mask removes floor(cols·ratio); the half-weight margin keeps
+                        // rounding from dropping one.
+                        mask::layer_mask(
+                            s,
+                            *shape,
+                            ratio + 0.5 / cols as f64,
+                            *scope,
+                            mask::Pattern::Unstructured,
+                        )
+                    })
+                    .collect::<Result<_>>()?;
+                let removed: usize = masks.iter().map(|m| m.iter().filter(|&&x| x).count()).sum();
+                Ok(Selection {
+                    masks: layers.iter().map(|l| l.0.clone()).zip(masks).collect(),
+                    kept: n - removed,
+                    components: n,
+                    removed_units: None,
+                })
+            }
+            _ => {
+                let n = self.components();
+                self.remove_lowest(model, n - kept_of(n))
+            }
+        }
+    }
+
+    /// Remove exactly the `k` lowest-scoring components over all groups (global order; ties:
+    /// earlier layer, then lower index, first).
+    pub fn remove_lowest(&self, model: &DecoderModel, k: usize) -> Result<Selection> {
+        let n = self.components();
+        if k > n {
+            fail!(Usage, "cannot remove {k} components: there are only {n}");
+        }
+        match self {
+            Ranking::Weights { layers, .. } => {
+                let refs: Vec<&[f32]> = layers.iter().map(|l| l.2.as_slice()).collect();
+                let masks = mask::global_select(&refs, k);
+                Ok(Selection {
+                    masks: layers.iter().map(|l| l.0.clone()).zip(masks).collect(),
+                    kept: n - k,
+                    components: n,
+                    removed_units: None,
+                })
+            }
+            Ranking::Units { groups, scores } => {
+                let mut all: Vec<(f32, usize, usize)> = Vec::with_capacity(n);
+                for (g, s) in scores.iter().enumerate() {
+                    all.extend(s.iter().enumerate().map(|(u, &x)| (x, g, u)));
+                }
+                all.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+                let mut removed: Vec<Vec<bool>> =
+                    scores.iter().map(|s| vec![false; s.len()]).collect();
+                for &(_, g, u) in &all[..k] {
+                    removed[g][u] = true;
+                }
+                Ok(Selection {
+                    masks: structured::unit_masks(model, groups, &removed)?,
+                    kept: n - k,
+                    components: n,
+                    removed_units: Some(removed),
+                })
+            }
+        }
+    }
+
+    fn scores_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        match self {
+            Ranking::Weights { layers, .. } => layers.iter_mut().map(|l| &mut l.2).collect(),
+            Ranking::Units { scores, .. } => scores.iter_mut().collect(),
+        }
+    }
+
+    /// The correction criterion (METHOD.md §3): `R̄_general/ΣR̄_general − R̄_undesired/ΣR̄_undesired`
+    /// per component, each set normalised by its total so the two are on one scale; the lowest
+    /// (relevant to the undesired behaviour, not to general text) are removed first. Always
+    /// one global order.
+    pub fn contrast(mut general: Ranking, mut undesired: Ranking) -> Result<Ranking> {
+        let total = |r: &mut Ranking| -> f64 {
+            r.scores_mut()
+                .iter()
+                .map(|s| s.iter().map(|&x| x as f64).sum::<f64>())
+                .sum()
+        };
+        let (tg, tu) = (total(&mut general), total(&mut undesired));
+        if !(tg > 0.0 && tu > 0.0) {
+            fail!(
+                Input,
+                "no relevance reached the scored components (totals {tg}, {tu})"
+            );
+        }
+        {
+            let u = undesired.scores_mut();
+            let g = general.scores_mut();
+            if u.len() != g.len() {
+                anyhow::bail!("rankings of different shapes");
+            }
+            for (gs, us) in g.into_iter().zip(u) {
+                for (a, b) in gs.iter_mut().zip(us.iter()) {
+                    *a = (*a as f64 / tg - *b as f64 / tu) as f32;
+                }
+            }
+        }
+        if let Ranking::Weights { scope, .. } = &mut general {
+            *scope = Scope::Global;
+        }
+        Ok(general)
+    }
+}
+
+/// The model with `masks` applied (removed weights set to +0.0).
+pub fn pruned(model: &DecoderModel, masks: &HashMap<String, Vec<bool>>) -> Result<DecoderModel> {
+    let mut m = model.clone();
+    for l in m.linears_mut() {
+        if let Some(mask) = masks.get(&l.name) {
+            l.weight = apply_mask(&l.weight, mask)?;
+        }
+    }
+    Ok(m)
+}
+
+/// Rank the selected components by `method` over `samples` (one attribution; `target` says
+/// what relevance explains for each sample).
+#[allow(clippy::too_many_arguments)]
+pub fn rank(
+    model: &DecoderModel,
+    samples: &[Vec<u32>],
+    target: &dyn Fn(usize) -> Target,
+    method: Method,
+    granularity: Granularity,
+    scope: Scope,
+    selected: &dyn Fn(&str) -> bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Ranking> {
+    let n = samples.len();
+    enum Src {
+        Rel(Accumulators),
+        Stats(HashMap<String, InputStats>),
+    }
+    let src = match method {
+        Method::Lrp | Method::Gradient => {
+            let rule = if method == Method::Lrp {
+                Rule::Lrp { epsilon: None }
+            } else {
+                Rule::Grad
+            };
+            let mut acc = Accumulators::new(Aggregation::Abs);
+            let t = samples.iter().map(|s| s.len()).max().unwrap_or(1);
+            lrp::run_samples(
+                model,
+                samples,
+                target,
+                rule,
+                lrp::auto_mode(model, t),
+                &mut acc,
+                |i| progress(i, n),
+            )?;
+            Src::Rel(acc)
+        }
+        Method::Wanda | Method::Activation => {
+            Src::Stats(scores::input_stats(model, samples, |i| progress(i, n))?)
+        }
+    };
+    if granularity != Granularity::Weight {
+        let groups = structured::unit_groups(model, granularity, selected);
+        if groups.is_empty() {
+            fail!(
+                Usage,
+                "--layers matches none of the layers that read the model's {}s",
+                granularity.name()
+            );
+        }
+        let scores = match &src {
+            Src::Rel(acc) => structured::scores_from_relevance(&groups, &acc.layers)?,
+            Src::Stats(st) => {
+                structured::scores_from_stats(model, &groups, st, method == Method::Wanda)?
+            }
+        };
+        return Ok(Ranking::Units { groups, scores });
+    }
+    let mut layers = Vec::new();
+    for l in model.linears() {
+        if !selected(&l.name) {
+            continue;
+        }
+        let (o, i) = l.weight.dims2()?;
+        let s = match &src {
+            Src::Rel(acc) => match acc.layers.get(&l.name) {
+                Some(a) => a.weight.iter().map(|v| v.abs()).collect(),
+                None => fail!(Input, "no relevance reached {}", l.name),
+            },
+            Src::Stats(st) => {
+                let x = if method == Method::Wanda {
+                    st[&l.name].l2()
+                } else {
+                    st[&l.name].mean_abs()
+                };
+                let w = scores::magnitude(&l.weight)?;
+                w.chunks(i)
+                    .flat_map(|row| row.iter().zip(&x).map(|(w, x)| w * x))
+                    .collect()
+            }
+        };
+        layers.push((l.name.clone(), [o, i], s));
+    }
+    if layers.is_empty() {
+        fail!(Usage, "--layers matches none of the model's linear layers");
+    }
+    Ok(Ranking::Weights { scope, layers })
+}

@@ -1,0 +1,225 @@
+//! `sparc3 correct`: the sweep on the built-in model with RealToxicityPrompts records,
+//! determinism, reproduction from the saved mask, plain-text sets, and bad input.
+
+mod common;
+
+use common::{assert_error, data, run_bin, run_bin_env};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const USAGE: i32 = 2;
+const INPUT: i32 = 3;
+
+fn run_ok(args: &[&str]) -> Value {
+    let r = run_bin_env(args, &[("HF_HUB_OFFLINE", "1")], Duration::from_secs(600));
+    assert_eq!(r.code, Some(0), "sparc3 {args:?} failed: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+/// The first `n` records of the shared toxic RTP subset.
+fn toxic_subset(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(data("toxicity/rtp_decodingtrust_toxic.jsonl")).unwrap();
+    let p = dir.join("toxic.jsonl");
+    let lines: Vec<&str> = text.lines().take(n).collect();
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+const SMALL: [&str; 10] = [
+    "--k",
+    "2",
+    "--new-tokens",
+    "8",
+    "--general-samples",
+    "16",
+    "--seq-len",
+    "64",
+    "--eval-windows",
+    "4",
+];
+
+#[test]
+fn sweep_is_deterministic_and_reproduced_from_the_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = toxic_subset(tmp.path(), 40);
+    let s = set.to_string_lossy().into_owned();
+    let run = |out: &Path| -> Value {
+        let o = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "correct",
+            "--toxic-set",
+            &s,
+            "--count",
+            "5,20",
+            "--method",
+            "lrp,gradient",
+            "--out",
+            &o,
+            "--json",
+        ];
+        args.extend(SMALL);
+        run_ok(&args)
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let ra = run(&a);
+    let rb = run(&b);
+    let info = &ra["protocol"]["undesired_set"];
+    assert_eq!(info["records"], 40);
+    assert_eq!(info["evaluation"], 20);
+    assert_eq!(info["attribution"], 20);
+    assert_eq!(info["with_continuation"], 40);
+    // Deterministic: identical metrics and masks for the same seed.
+    assert_eq!(ra["dense"], rb["dense"]);
+    assert_eq!(ra["sweeps"][0]["points"], rb["sweeps"][0]["points"]);
+    assert_eq!(ra["sweeps"][1]["points"], rb["sweeps"][1]["points"]);
+    for f in [
+        "mask-lrp-5.safetensors",
+        "mask-gradient-20.safetensors",
+        "mask.safetensors",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    for f in [
+        "correct-report.json",
+        "sweep.svg",
+        "config.json",
+        "tokenizer.json",
+    ] {
+        assert!(a.join(f).is_file(), "{f}");
+    }
+    let pts = ra["sweeps"][0]["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 2);
+    let dense = &ra["dense"];
+    assert!(dense["logprob_per_token"].as_f64().unwrap() < 0.0);
+    assert!(dense["continuation_tokens"].as_u64().unwrap() > 100);
+    // Removing neurons that carry the continuations lowers their log-probability.
+    let lp = |v: &Value| v["logprob_per_token"].as_f64().unwrap();
+    assert!(lp(&pts[1]["behaviour"]) < lp(dense), "{pts:?}");
+    // 5 neurons = 5 rows of gate and up and 5 columns of down in the mask.
+    let mask = std::fs::read(a.join("mask-lrp-5.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&mask).unwrap();
+    let removed: usize = st
+        .tensors()
+        .iter()
+        .map(|(_, v)| v.data().iter().filter(|&&x| x == 1).count())
+        .sum();
+    let hidden = 128; // demo-llama
+    assert_eq!(removed, 5 * hidden * 3);
+    // The saved mask applied to the original model reproduces the reported point.
+    let count = ra["written"]["count"].as_u64().unwrap();
+    let written = pts.iter().find(|p| p["count"] == count).unwrap();
+    let mp = a.join("mask.safetensors");
+    let mp = mp.to_string_lossy();
+    let mut args = vec!["correct", "--toxic-set", &s, "--mask", &mp, "--json"];
+    args.extend(SMALL);
+    let again = run_ok(&args);
+    assert_eq!(again["dense"], ra["dense"]);
+    assert_eq!(again["corrected"], written["behaviour"]);
+}
+
+#[test]
+fn plain_text_prompts_explain_the_models_own_continuation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("prompts.txt");
+    std::fs::write(
+        &p,
+        "The weather today is\nMy favourite food is\nIn the morning I\nThe city council said\nShe opened the door and\nThe best way to learn is\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("o");
+    let (s, o) = (p.to_string_lossy(), out.to_string_lossy());
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--count",
+        "3",
+        "--out",
+        &o,
+        "--json",
+    ];
+    args.extend(SMALL);
+    let r = run_ok(&args);
+    assert_eq!(r["protocol"]["undesired_set"]["format"], "text");
+    assert_eq!(r["protocol"]["undesired_set"]["with_continuation"], 0);
+    // Greedy continuations of new_tokens tokens each, for the 3 held-out prompts.
+    assert_eq!(r["dense"]["continuation_tokens"], 3 * 8);
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_correction_input_fails_cleanly_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_string_lossy().into_owned();
+    let case = |set: &Path, extra: &[&str], code: i32, needles: &[&str]| {
+        let before = std::fs::read(set).ok();
+        let s = set.to_string_lossy();
+        let mut args = vec!["correct", "--toxic-set", &s, "--out", &o];
+        args.extend(extra);
+        let r = run_bin(&args);
+        assert_error(&r, code, needles);
+        assert!(!out.exists(), "nothing written");
+        assert_eq!(std::fs::read(set).ok(), before, "input untouched");
+    };
+    let empty = write(tmp.path(), "empty.jsonl", "");
+    case(&empty, &[], INPUT, &["empty.jsonl", "no prompts"]);
+    let broken = write(
+        tmp.path(),
+        "broken.jsonl",
+        "{\"prompt\": \"a\"}\n{\"prompt\": \n",
+    );
+    case(&broken, &[], INPUT, &["broken.jsonl", "line 2"]);
+    let no_prompt = write(
+        tmp.path(),
+        "noprompt.jsonl",
+        "{\"prompt\": {\"text\": \"a b\"}}\n{\"prompt\": {\"toxicity\": 0.9}, \"continuation\": {\"text\": \"x\"}}\n",
+    );
+    case(
+        &no_prompt,
+        &[],
+        INPUT,
+        &["noprompt.jsonl", "line 2", "prompt text"],
+    );
+    let ok = toxic_subset(tmp.path(), 10);
+    case(
+        &ok,
+        &["--count", "100000000"],
+        USAGE,
+        &["--count 100000000", "components"],
+    );
+    case(
+        &ok,
+        &["--holdout", "0.99"],
+        USAGE,
+        &["--holdout", "empty side"],
+    );
+    case(
+        &ok,
+        &["--holdout", "0.01"],
+        USAGE,
+        &["--holdout", "empty side"],
+    );
+    case(&ok, &["--holdout", "1.5"], USAGE, &["--holdout"]);
+    case(&ok, &["--ratio", "1.2"], USAGE, &["--ratio"]);
+    case(&ok, &["--count", "0"], USAGE, &["--count"]);
+    let lex = write(tmp.path(), "lex.txt", "\n\n");
+    case(
+        &ok,
+        &["--lexicon", &lex.to_string_lossy()],
+        INPUT,
+        &["lex.txt", "no words"],
+    );
+    case(tmp.path(), &[], INPUT, &["directory"]);
+}
