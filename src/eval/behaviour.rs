@@ -85,6 +85,7 @@ pub fn continuation_logprobs(
     order.sort_by_key(|&i| seqs[i].0.len());
     let mut out = vec![(0.0, 0); seqs.len()];
     for chunk in order.chunks(32) {
+        crate::io::interrupt::check()?;
         let t = chunk.iter().map(|&i| seqs[i].0.len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(chunk.len() * t);
         let mut rows = Vec::new();

@@ -103,6 +103,7 @@ pub fn generate(
                 .collect();
             let mut seqs: Vec<Vec<u32>> = vec![Vec::with_capacity(cfg.new_tokens); chunk.len() * k];
             for step in 0..cfg.new_tokens {
+                crate::io::interrupt::check()?;
                 let rows = logits.to_vec2::<f32>()?;
                 let next: Vec<u32> = rows
                     .iter()

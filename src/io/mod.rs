@@ -2,6 +2,7 @@
 //! fsynced and renamed into place, so a reader never sees a half-written output.
 
 pub mod hf;
+pub mod interrupt;
 pub mod svg;
 
 use crate::error::{Kind, Tag};
@@ -70,6 +71,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
+    let _guard = interrupt::TempGuard::new(&tmp);
     let res = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -78,6 +80,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()
             .with_context(|| format!("syncing {}", tmp.display()))?;
         drop(f);
+        interrupt::check()?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
@@ -107,9 +110,11 @@ pub fn atomic_dir(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()
         .unwrap_or_else(|| "out".into());
     let tmp = parent_dir(out).join(format!(".{name}.sparc3-{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    let _guard = interrupt::TempGuard::new(&tmp);
     let res = (|| -> Result<()> {
         std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         fill(&tmp)?;
+        interrupt::check()?;
         if out.exists() {
             let old = parent_dir(out).join(format!(".{name}.sparc3-{}.old", std::process::id()));
             std::fs::rename(out, &old)

@@ -43,6 +43,9 @@ pub struct Accumulators {
     pub samples: usize,
     /// When false, weight relevance is not accumulated (e.g. for pure input attribution).
     pub enabled: bool,
+    /// When false, only neuron/head (input-feature) relevance is accumulated: the per-weight
+    /// product `gᵀx` — a third of the backward pass — is skipped (structured jobs).
+    pub per_weight: bool,
 }
 
 /// Read a contiguous f32 CPU tensor without copying.
@@ -65,7 +68,21 @@ impl Accumulators {
             layers: BTreeMap::new(),
             samples: 0,
             enabled: true,
+            per_weight: true,
         }
+    }
+
+    /// Make sure a layer's entry exists (weights left empty when `per_weight` is off).
+    pub fn ensure(&mut self, name: &str, out: usize, inp: usize) {
+        let per_weight = self.per_weight;
+        self.layers
+            .entry(name.to_string())
+            .or_insert_with(|| LinearAcc {
+                shape: [out, inp],
+                weight: if per_weight { vec![0.0; out * inp] } else { Vec::new() },
+                bias: None,
+                inputs: vec![0.0; inp],
+            });
     }
 
     /// Add one sample's relevance `w ⊙ grad` for a layer.

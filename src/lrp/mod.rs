@@ -294,6 +294,7 @@ pub fn run_samples(
     let mut token_rel = Vec::with_capacity(samples.len());
     let mut starts = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
+        crate::io::interrupt::check()?;
         let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
         let mut bwd = Bwd {
             rule,

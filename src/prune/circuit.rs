@@ -91,6 +91,7 @@ pub fn search(
     let mut curve: Vec<CurvePoint> = Vec::new();
     let mut evals = 0usize;
     let mut eval_at = |keep: f64, curve: &mut Vec<CurvePoint>| -> Result<(CurvePoint, Selection)> {
+        crate::io::interrupt::check()?;
         let sel = ranking.select(model, keep)?;
         let m = task::evaluate(&pruned(model, &sel.masks)?, eval)?;
         let p = CurvePoint {

@@ -229,6 +229,8 @@ pub fn rank(
                 Rule::Grad
             };
             let mut acc = Accumulators::new(Aggregation::Abs);
+            // Units need only the relevance reaching them, not every weight's.
+            acc.per_weight = granularity == Granularity::Weight;
             let t = samples.iter().map(|s| s.len()).max().unwrap_or(1);
             lrp::run_samples(
                 model,

@@ -123,6 +123,7 @@ pub fn input_stats(
 ) -> Result<HashMap<String, InputStats>> {
     let mut stats = HashMap::new();
     for (i, s) in samples.iter().enumerate() {
+        crate::io::interrupt::check()?;
         let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
         model.check_input(&ids)?;
         let ctx = model.attn_ctx(s.len())?;
@@ -157,6 +158,7 @@ pub fn wanda_prune(
     }
     let mut ctxs: HashMap<usize, crate::model::layers::AttnCtx> = HashMap::new();
     for bi in 0..model.blocks.len() {
+        crate::io::interrupt::check()?;
         let mut sq: HashMap<String, InputStats> = HashMap::new();
         for h in &hs {
             let t = h.dims()[1];

@@ -73,13 +73,16 @@ impl Linear {
         let g2 = g.reshape((b * t, out))?;
         let g_x = mm(&g2, &w)?.reshape((b, t, inp))?;
         if accumulate && bwd.acc.enabled {
+            bwd.acc.ensure(&self.name, out, inp);
             for s in 0..b {
                 let gs = g.get(s)?; // [T, out]
                 let xs = x.get(s)?.contiguous()?; // [T, in]
-                let grad = mm(&gs.t()?, &xs)?; // [out, in]
-                bwd.acc.add_weight(&self.name, &self.weight, &grad)?;
-                if let Some(bias) = &self.bias {
-                    bwd.acc.add_bias(&self.name, bias, &gs.sum(0)?)?;
+                if bwd.acc.per_weight {
+                    let grad = mm(&gs.t()?, &xs)?; // [out, in]
+                    bwd.acc.add_weight(&self.name, &self.weight, &grad)?;
+                    if let Some(bias) = &self.bias {
+                        bwd.acc.add_bias(&self.name, bias, &gs.sum(0)?)?;
+                    }
                 }
                 bwd.acc
                     .add_inputs(&self.name, &(&xs * g_x.get(s)?)?.sum(0)?)?;
