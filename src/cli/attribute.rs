@@ -1,6 +1,7 @@
 use super::{output, ModelArgs};
 use crate::fail;
 use crate::lrp::accum::{Accumulators, Aggregation};
+use crate::lrp::checkpoint::{run_samples_resumable, Checkpoint};
 use crate::lrp::file::{RelMeta, RelevanceFile, FORMAT};
 use crate::lrp::rules::Rule;
 use crate::lrp::{self, MemoryMode, Target};
@@ -82,9 +83,16 @@ pub struct AttributeArgs {
     /// Output relevance file (safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace an existing --out.
+    /// Replace an existing --out; also runs past the memory guard.
     #[arg(long)]
     pub force: bool,
+    /// Save the accumulators every N samples to `<out>.ckpt` (also on SIGINT/SIGTERM).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue a killed run from `<out>.ckpt` (same model, data and flags); the result equals
+    /// an uninterrupted run's.
+    #[arg(long)]
+    pub resume: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -233,6 +241,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         MemoryArg::Store => MemoryMode::Store,
         MemoryArg::Recompute => MemoryMode::Recompute,
     };
+    crate::lrp::check_memory(model, seq_len, mode, true, a.force)?;
     let mut acc = Accumulators::new(aggregation);
     let pb = output::bar(mine.len() as u64, "attributing", false);
     let start = std::time::Instant::now();
@@ -242,9 +251,46 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         },
         None => target.clone(),
     };
-    let (tok_rel, starts) = lrp::run_samples(model, mine, target_of, rule, mode, &mut acc, |i| {
-        pb.set_position(i as u64)
-    })?;
+    if a.checkpoint_every == Some(0) {
+        fail!(Usage, "--checkpoint-every must be at least 1");
+    }
+    let fingerprint = crate::source::sha256_hex(
+        serde_json::to_string(&json!({
+            "config": loaded.config_sha256,
+            "data": calib.info.sha256,
+            "recipe": calib.info.recipe,
+            "samples_total": calib.samples.len(),
+            "range": [lo, hi],
+            "target": target,
+            "rule": rule.name(),
+            "epsilon": a.epsilon,
+            "aggregation": aggregation,
+            "seq_len": seq_len,
+            "seed": a.seed,
+            "dtype": super::dtype_name(req.dtype),
+            "memory": mode,
+        }))?
+        .as_bytes(),
+    );
+    let ckpt = (a.checkpoint_every.is_some() || a.resume).then(|| Checkpoint {
+        path: Checkpoint::path_for(&a.out),
+        every: a.checkpoint_every.unwrap_or(0),
+        fingerprint,
+    });
+    let (tok_rel, starts, restored) = run_samples_resumable(
+        model,
+        mine,
+        target_of,
+        rule,
+        mode,
+        &mut acc,
+        ckpt.as_ref(),
+        a.resume,
+        |i| pb.set_position(i as u64),
+    )?;
+    if restored > 0 && !a.json {
+        eprintln!("resumed after {restored} samples from the checkpoint");
+    }
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let meta = RelMeta {
@@ -277,6 +323,9 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         }),
     )?;
     file.write(&a.out)?;
+    if let Some(c) = &ckpt {
+        c.remove();
+    }
     let conservation: Vec<f64> = tok_rel
         .iter()
         .zip(&starts)

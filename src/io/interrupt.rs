@@ -45,7 +45,10 @@ pub fn interrupted() -> bool {
 /// Fail with exit code 130 when a signal arrived.
 pub fn check() -> Result<()> {
     if interrupted() {
-        fail!(Interrupted, "interrupted by a signal; no output was written");
+        fail!(
+            Interrupted,
+            "interrupted by a signal; no output was written"
+        );
     }
     Ok(())
 }

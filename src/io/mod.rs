@@ -64,7 +64,17 @@ fn canonical_target(p: &Path) -> Option<PathBuf> {
 }
 
 /// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+/// Refuses to complete once a signal arrived.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes, true)
+}
+
+/// `atomic_write` that completes even after a signal (checkpoints written on the way out).
+pub fn atomic_write_on_exit(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes, false)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], check: bool) -> Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -80,7 +90,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()
             .with_context(|| format!("syncing {}", tmp.display()))?;
         drop(f);
-        interrupt::check()?;
+        if check {
+            interrupt::check()?;
+        }
         std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();

@@ -79,7 +79,11 @@ impl Accumulators {
             .entry(name.to_string())
             .or_insert_with(|| LinearAcc {
                 shape: [out, inp],
-                weight: if per_weight { vec![0.0; out * inp] } else { Vec::new() },
+                weight: if per_weight {
+                    vec![0.0; out * inp]
+                } else {
+                    Vec::new()
+                },
                 bias: None,
                 inputs: vec![0.0; inp],
             });

@@ -7,6 +7,7 @@
 //! memory is weights + accumulators + one block's activations.
 
 pub mod accum;
+pub mod checkpoint;
 pub mod file;
 pub mod rules;
 
@@ -269,6 +270,66 @@ pub fn store_bytes(model: &DecoderModel, seq_len: usize) -> usize {
     per_block * d.layers * 4
 }
 
+/// Estimated peak bytes of one attribution: weights (as stored, plus the f32 copy a linear
+/// makes of a non-f32 weight), accumulators, saved activations (all blocks, or one block and
+/// the block inputs when recomputing), logits and their gradient, and the largest per-layer
+/// weight gradient.
+pub fn memory_needed(
+    model: &DecoderModel,
+    seq_len: usize,
+    mode: MemoryMode,
+    per_weight: bool,
+) -> usize {
+    let d = &model.dims;
+    let t = seq_len;
+    let lin: usize = model.linears().iter().map(|l| l.weight.elem_count()).sum();
+    let largest = model
+        .linears()
+        .iter()
+        .map(|l| l.weight.elem_count())
+        .max()
+        .unwrap_or(0);
+    let weights = model.parameter_count() * model.blocks[0].attn.q.weight.dtype().size_in_bytes();
+    let acc = if per_weight { lin * 4 } else { 0 };
+    let acts = match mode {
+        MemoryMode::Store => store_bytes(model, t),
+        MemoryMode::Recompute => {
+            store_bytes(model, t) / d.layers.max(1) + d.layers * t * d.hidden * 4
+        }
+    };
+    let logits = t * d.vocab * 4 * 3;
+    weights + acc + acts + logits + largest * 4 * 2
+}
+
+/// Refuse a run that would not fit in the memory available (unless `force`), naming the flags
+/// that lower it.
+pub fn check_memory(
+    model: &DecoderModel,
+    seq_len: usize,
+    mode: MemoryMode,
+    per_weight: bool,
+    force: bool,
+) -> Result<()> {
+    let need = memory_needed(model, seq_len, mode, per_weight);
+    let Some(avail) = crate::util::mem_available() else {
+        return Ok(());
+    };
+    if need > avail && !force {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let hint = match mode {
+            MemoryMode::Store => "--memory recompute, a smaller --seq-len or --dtype bf16",
+            MemoryMode::Recompute => "a smaller --seq-len or --dtype bf16",
+        };
+        fail!(
+            Resource,
+            "this run needs about {:.1} GiB of memory but {:.1} GiB are available; lower it with {hint} (or --force to try anyway)",
+            gib(need),
+            gib(avail)
+        );
+    }
+    Ok(())
+}
+
 /// Pick a memory mode: keep everything when it fits comfortably, recompute otherwise.
 pub fn auto_mode(model: &DecoderModel, seq_len: usize) -> MemoryMode {
     let need = store_bytes(model, seq_len);
@@ -278,6 +339,30 @@ pub fn auto_mode(model: &DecoderModel, seq_len: usize) -> MemoryMode {
     } else {
         MemoryMode::Recompute
     }
+}
+
+/// Attribute one sample (batch 1), accumulating into `acc`; returns its token relevance and
+/// start relevance.
+pub fn run_one(
+    model: &DecoderModel,
+    sample: &[u32],
+    target: &Target,
+    rule: rules::Rule,
+    mode: MemoryMode,
+    acc: &mut accum::Accumulators,
+) -> Result<(Vec<f32>, f64)> {
+    crate::io::interrupt::check()?;
+    let ids = Tensor::from_slice(sample, (1, sample.len()), &model.device)?;
+    let mut bwd = Bwd {
+        rule,
+        acc: &mut *acc,
+    };
+    let r = relevance_pass(model, &ids, target, mode, &mut bwd)?;
+    acc.samples += 1;
+    Ok((
+        r.input_relevance.into_iter().next().unwrap_or_default(),
+        r.start_per_seq[0],
+    ))
 }
 
 /// Attribute a list of samples (batch 1 each), accumulating into `acc`.
@@ -294,16 +379,9 @@ pub fn run_samples(
     let mut token_rel = Vec::with_capacity(samples.len());
     let mut starts = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
-        crate::io::interrupt::check()?;
-        let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
-        let mut bwd = Bwd {
-            rule,
-            acc: &mut *acc,
-        };
-        let r = relevance_pass(model, &ids, &target(i), mode, &mut bwd)?;
-        acc.samples += 1;
-        token_rel.push(r.input_relevance.into_iter().next().unwrap_or_default());
-        starts.push(r.start_per_seq[0]);
+        let (t, st) = run_one(model, s, &target(i), rule, mode, acc)?;
+        token_rel.push(t);
+        starts.push(st);
         progress(i + 1);
     }
     Ok((token_rel, starts))
