@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 const KEY: &str = "sparc3_checkpoint";
 
+/// Per-sample token relevance and start values restored from a checkpoint.
+type Progress = (Vec<Vec<f32>>, Vec<f64>);
+
 pub struct Checkpoint {
     pub path: PathBuf,
     /// Save every this many samples (0: only when interrupted).
@@ -106,7 +109,7 @@ impl Checkpoint {
     }
 
     /// Restore a saved state into `acc`; None when there is no checkpoint file.
-    fn load(&self, acc: &mut Accumulators) -> Result<Option<(Vec<Vec<f32>>, Vec<f64>)>> {
+    fn load(&self, acc: &mut Accumulators) -> Result<Option<Progress>> {
         if !self.path.exists() {
             return Ok(None);
         }
