@@ -103,22 +103,13 @@ pub enum AggArg {
     Signed,
 }
 
-pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let parsed = s.split_once('/').and_then(|(i, n)| {
-        Some((
-            i.trim().parse::<usize>().ok()?,
-            n.trim().parse::<usize>().ok()?,
-        ))
-    });
-    match parsed {
-        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
-        _ => fail!(Usage, "--shard {s}: expected i/n with 0 ≤ i < n (e.g. 0/4)"),
-    }
-}
-
 pub fn run(a: AttributeArgs) -> Result<()> {
     super::set_threads(a.model.threads)?;
-    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    let shard = a
+        .shard
+        .as_deref()
+        .map(crate::lrp::parse_shard)
+        .transpose()?;
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
     let mut inputs: Vec<PathBuf> = loaded
