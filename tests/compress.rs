@@ -1526,3 +1526,88 @@ fn successful_runs_leave_no_temporary_entries_and_force_replaces_everything() {
         "{got} zeros in the linears, expected {want} (+ up to {had} already zero)"
     );
 }
+
+/// SparseGPT prunes half of every adaptive 128-column block (the reference's `<=` threshold may
+/// take a few more), zeroes exactly the masked weights, updates the survivors, and improves on
+/// Wanda's perplexity on the demo model; `--update obs` keeps LRP's mask exactly and moves the
+/// surviving weights.
+#[test]
+fn sparsegpt_and_obs_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sg = tmp.path().join("sg");
+    let r = compress_ok(
+        None,
+        &["--method", "sparsegpt", "--samples", "32", "--save-mask"],
+        &sg,
+    );
+    assert_eq!(r["method"], "sparsegpt");
+    let achieved = r["ratio_achieved_in_pruned_layers"].as_f64().unwrap();
+    assert!((0.5..0.505).contains(&achieved), "{achieved}");
+    let input = read_weights(&input_dir(None));
+    let output = read_weights(&sg);
+    let mask = read_mask(&sg);
+    let mut moved = 0usize;
+    for (name, (_, m)) in &mask {
+        let o = output[name].f32s();
+        let i = input[name].f32s();
+        for ((o, i), m) in o.iter().zip(&i).zip(m) {
+            if *m == 1 {
+                assert_eq!(o.to_bits(), 0, "{name}: removed weights are +0.0");
+            } else if o != i {
+                moved += 1;
+            }
+        }
+    }
+    assert!(
+        moved > 1000,
+        "OBS updates the surviving weights ({moved} moved)"
+    );
+    let wanda = compress_ok(
+        None,
+        &["--method", "wanda", "--samples", "32"],
+        &tmp.path().join("w"),
+    );
+    let (ps, pw) = (
+        r["ppl_after"].as_f64().unwrap(),
+        wanda["ppl_after"].as_f64().unwrap(),
+    );
+    println!("demo 50%: sparsegpt {ps:.3}, wanda {pw:.3}");
+    assert!(ps < pw, "sparsegpt {ps} vs wanda {pw}");
+    // 2:4 with SparseGPT: exactly 2 of every 4 per row.
+    let nm = tmp.path().join("nm");
+    compress_ok(
+        None,
+        &[
+            "--method",
+            "sparsegpt",
+            "--pattern",
+            "2:4",
+            "--samples",
+            "8",
+            "--save-mask",
+        ],
+        &nm,
+    );
+    for (name, (shape, m)) in read_mask(&nm) {
+        for g in m.chunks(4) {
+            assert_eq!(removed_count(g), 2, "{name} {shape:?}");
+        }
+    }
+    // LRP mask with OBS reconstruction: same mask as plain LRP, different survivors.
+    let plain = tmp.path().join("lrp");
+    let obs = tmp.path().join("lrp-obs");
+    let a = compress_ok(None, &["--samples", "16", "--save-mask"], &plain);
+    let b = compress_ok(
+        None,
+        &["--samples", "16", "--save-mask", "--update", "obs"],
+        &obs,
+    );
+    assert_eq!(b["update"], "obs");
+    assert_eq!(read_mask(&plain), read_mask(&obs), "the mask is kept");
+    assert_ne!(read_weights(&plain), read_weights(&obs));
+    println!(
+        "demo 50% LRP: {:.3} → with OBS update {:.3}",
+        a["ppl_after"].as_f64().unwrap(),
+        b["ppl_after"].as_f64().unwrap()
+    );
+}

@@ -458,9 +458,46 @@ fn print_where(s: &Value) {
             heads.push((k.as_f64().unwrap_or(0.0), format!("L{bi}.H{h}")));
         }
     }
-    heads.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let binary = heads.iter().all(|h| h.0 == 0.0 || h.0 == 1.0);
     let all_heads = heads.iter().all(|h| h.0 >= 1.0);
-    if !all_heads {
+    if binary && !all_heads {
+        // Whole heads removed: list, per layer, the heads that survive.
+        let mut per: Vec<String> = Vec::new();
+        for b in s["heads"].as_array().into_iter().flatten() {
+            let bi = b["block"].as_u64().unwrap_or(0);
+            let kept: Vec<String> = b["kept"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, k)| k.as_f64() == Some(1.0))
+                .map(|(h, _)| h.to_string())
+                .collect();
+            per.push(format!(
+                "L{bi}:{}",
+                if kept.is_empty() {
+                    "-".into()
+                } else {
+                    kept.join(",")
+                }
+            ));
+        }
+        println!("             heads kept: {}", per.join(" "));
+    }
+    let mut neurons: Vec<String> = Vec::new();
+    for b in s["neurons"].as_array().into_iter().flatten() {
+        if b["alive"] != b["of"] {
+            neurons.push(format!("L{}:{}", b["block"], b["alive"]));
+        }
+    }
+    if !neurons.is_empty() {
+        println!(
+            "             neurons alive per layer: {}",
+            neurons.join(" ")
+        );
+    }
+    heads.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if !binary && !all_heads {
         let top: Vec<String> = heads
             .iter()
             .take(12)

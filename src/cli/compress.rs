@@ -20,6 +20,8 @@ pub enum MethodArg {
     Wanda,
     /// |W|.
     Magnitude,
+    /// SparseGPT: OBS reconstruction with adaptive masks per 128-column block.
+    Sparsegpt,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -27,6 +29,16 @@ pub enum ScopeArg {
     Row,
     Layer,
     Global,
+    /// SparseGPT's adaptive 128-column blocks.
+    Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpdateArg {
+    /// Zero the removed weights, change nothing else.
+    None,
+    /// Reconstruct the surviving weights with SparseGPT's OBS update (any method's mask).
+    Obs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -63,6 +75,9 @@ pub struct CompressArgs {
     /// What LRP/gradient relevance explains.
     #[arg(long, value_enum, default_value = "next-token")]
     pub target: CompressTarget,
+    /// What happens to the surviving weights.
+    #[arg(long, value_enum, default_value = "none")]
+    pub update: UpdateArg,
     /// Reuse a relevance file from `sparc3 attribute` instead of attributing again.
     #[arg(long)]
     pub scores: Option<PathBuf>,
@@ -116,11 +131,13 @@ pub fn run(a: CompressArgs) -> Result<()> {
         MethodArg::Gradient => Method::Gradient,
         MethodArg::Wanda => Method::Wanda,
         MethodArg::Magnitude => Method::Magnitude,
+        MethodArg::Sparsegpt => Method::SparseGpt,
     };
     let scope = match a.scope {
         Some(ScopeArg::Row) => Scope::Row,
         Some(ScopeArg::Layer) => Scope::Layer,
         Some(ScopeArg::Global) => Scope::Global,
+        Some(ScopeArg::Block) => Scope::Block,
         None => method.default_scope(),
     };
     let req = a.model.request()?;
@@ -146,7 +163,8 @@ pub fn run(a: CompressArgs) -> Result<()> {
         Some(p) => Some(RelevanceFile::read(p)?),
         None => None,
     };
-    let calib = if method.needs_calibration() && relevance.is_none() {
+    let calib = if (method.needs_calibration() && relevance.is_none()) || a.update == UpdateArg::Obs
+    {
         Some(calib::sample(
             a.calib.as_deref(),
             crate::data::builtin_eval_text,
@@ -209,6 +227,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         scores: relevance.as_ref().map(|r| (r, scores_label.clone())),
         config_sha256: &loaded.config_sha256,
         layers,
+        update_obs: a.update == UpdateArg::Obs,
     };
     let res = compress::compress(&mut model, &job, |what, i, n| {
         pb.set_message(what.to_string());
@@ -236,6 +255,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "model": loaded.origin,
         "config_sha256": loaded.config_sha256,
         "method": method.name(),
+        "update": if a.update == UpdateArg::Obs { "obs" } else { "none" },
         "scope": scope,
         "pattern": pattern.name(),
         "ratio_requested": a.ratio,

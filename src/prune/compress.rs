@@ -19,6 +19,7 @@ pub enum Method {
     Gradient,
     Wanda,
     Magnitude,
+    SparseGpt,
 }
 
 impl Method {
@@ -28,13 +29,16 @@ impl Method {
             Method::Gradient => "gradient",
             Method::Wanda => "wanda",
             Method::Magnitude => "magnitude",
+            Method::SparseGpt => "sparsegpt",
         }
     }
 
-    /// Each method's reference grouping: magnitude per layer, the others per row.
+    /// Each method's reference grouping: magnitude per layer, SparseGPT per adaptive
+    /// 128-column block, the others per row.
     pub fn default_scope(self) -> Scope {
         match self {
             Method::Magnitude => Scope::Layer,
+            Method::SparseGpt => Scope::Block,
             _ => Scope::Row,
         }
     }
@@ -57,6 +61,9 @@ pub struct CompressJob<'a> {
     pub config_sha256: &'a str,
     /// Only layers whose name matches are pruned.
     pub layers: Option<regex::Regex>,
+    /// Keep the chosen masks but reconstruct the surviving weights with SparseGPT's OBS
+    /// update, block by block (`--update obs`).
+    pub update_obs: bool,
 }
 
 pub struct CompressResult {
@@ -90,6 +97,63 @@ pub fn compress(
         }
     }
     let start = std::time::Instant::now();
+    if job.scope == Scope::Block && job.method != Method::SparseGpt {
+        fail!(
+            Usage,
+            "--scope block is SparseGPT's grouping; use row, layer or global"
+        );
+    }
+    if job.method == Method::SparseGpt {
+        if matches!(job.scope, Scope::Layer | Scope::Global) {
+            fail!(
+                Usage,
+                "sparsegpt selects within 128-column blocks; use --scope block (default) or row"
+            );
+        }
+        let n = model.blocks.len();
+        let masks = super::sparsegpt::prune(
+            model,
+            job.samples,
+            job.ratio,
+            job.scope,
+            job.pattern,
+            None,
+            &selected,
+            |i| progress("sparsegpt", i, n),
+        )?;
+        return Ok(CompressResult {
+            masks,
+            seconds_scores: start.elapsed().as_secs_f64(),
+        });
+    }
+    let dense = job.update_obs.then(|| model.clone());
+    let mut res = choose(model, job, &selected, start, &mut progress)?;
+    if let Some(mut d) = dense {
+        let n = d.blocks.len();
+        let masks = super::sparsegpt::prune(
+            &mut d,
+            job.samples,
+            job.ratio,
+            job.scope,
+            job.pattern,
+            Some(&res.masks),
+            &selected,
+            |i| progress("obs update", i, n),
+        )?;
+        *model = d;
+        res.masks = masks;
+    }
+    Ok(res)
+}
+
+/// Choose (and apply) the masks of a score-based method.
+fn choose(
+    model: &mut DecoderModel,
+    job: &CompressJob,
+    selected: &dyn Fn(&str) -> bool,
+    start: std::time::Instant,
+    progress: &mut impl FnMut(&str, usize, usize),
+) -> Result<CompressResult> {
     if job.method == Method::Wanda {
         if job.scope == Scope::Global {
             fail!(
@@ -159,7 +223,7 @@ pub fn compress(
                 acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
             }
         },
-        Method::Wanda => unreachable!(),
+        Method::Wanda | Method::SparseGpt => unreachable!(),
     };
     let seconds_scores = start.elapsed().as_secs_f64();
     let mut masks = HashMap::new();

@@ -17,6 +17,8 @@ pub enum Scope {
     Layer,
     /// One threshold over every scored weight.
     Global,
+    /// SparseGPT's adaptive selection within each 128-column block.
+    Block,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -116,6 +118,7 @@ pub fn layer_mask(
                 Usage,
                 "global scope is selected across layers, not per layer"
             ),
+            Scope::Block => fail!(Usage, "block scope is SparseGPT's own selection"),
         },
     }
     Ok(mask)

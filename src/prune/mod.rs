@@ -7,6 +7,7 @@ pub mod correct;
 pub mod mask;
 pub mod ranking;
 pub mod scores;
+pub mod sparsegpt;
 pub mod structured;
 
 use crate::model::DecoderModel;

@@ -58,6 +58,8 @@ pub struct InputStats {
     /// `Σ_t |x_tj|`.
     pub sumabs: Vec<f64>,
     pub tokens: usize,
+    /// `XᵀX` (`[in, in]`, row-major), when asked for.
+    pub gram: Option<Vec<f64>>,
 }
 
 impl InputStats {
@@ -66,6 +68,7 @@ impl InputStats {
             sumsq: vec![0.0; n],
             sumabs: vec![0.0; n],
             tokens: 0,
+            gram: None,
         }
     }
 
@@ -138,18 +141,17 @@ pub fn input_stats(
     Ok(stats)
 }
 
-/// Wanda: per block, collect ‖X_j‖₂ of every linear's input over the calibration samples with
-/// the block still dense (earlier blocks already pruned), prune the block, replay the samples
-/// through the pruned block to get the next block's inputs. Returns the removal masks.
-pub fn wanda_prune(
+/// Block-by-block pruning with calibration replay (Wanda's and SparseGPT's protocol): for each
+/// block, collect its linears' input statistics with the block still dense (earlier blocks
+/// already pruned), let `prune` change the block's weights, then replay the samples through the
+/// pruned block to get the next block's inputs. `gram` also collects `XᵀX` per layer.
+pub fn replay_blocks(
     model: &mut DecoderModel,
     samples: &[Vec<u32>],
-    ratio: f64,
-    scope: Scope,
-    pattern: Pattern,
+    gram: bool,
+    mut prune: impl FnMut(&mut crate::model::Block, &HashMap<String, InputStats>) -> Result<()>,
     mut progress: impl FnMut(usize),
-) -> Result<HashMap<String, Vec<bool>>> {
-    let mut masks = HashMap::new();
+) -> Result<()> {
     let mut hs = Vec::with_capacity(samples.len());
     for s in samples {
         let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
@@ -159,7 +161,7 @@ pub fn wanda_prune(
     let mut ctxs: HashMap<usize, crate::model::layers::AttnCtx> = HashMap::new();
     for bi in 0..model.blocks.len() {
         crate::io::interrupt::check()?;
-        let mut sq: HashMap<String, InputStats> = HashMap::new();
+        let mut st: HashMap<String, InputStats> = HashMap::new();
         for h in &hs {
             let t = h.dims()[1];
             if let std::collections::hash_map::Entry::Vacant(e) = ctxs.entry(t) {
@@ -167,22 +169,26 @@ pub fn wanda_prune(
             }
             let block = &model.blocks[bi];
             let (_, saved) = block.forward_t(h, &ctxs[&t], true)?;
-            add_block_stats(block, &saved.expect("kept"), &mut sq)?;
+            let sv = saved.expect("kept");
+            add_block_stats(block, &sv, &mut st)?;
+            if gram {
+                // Layers reading the same input (q/k/v, gate/up) share one XᵀX.
+                let mut done: HashMap<candle_core::TensorId, Vec<f32>> = HashMap::new();
+                for (lin, x) in block.linear_inputs(&sv) {
+                    let n = lin.in_features();
+                    if let std::collections::hash_map::Entry::Vacant(e) = done.entry(x.id()) {
+                        let x2 = x.reshape(((), n))?;
+                        let g = crate::kernels::gemm::mm(&x2.t()?.contiguous()?, &x2)?;
+                        e.insert(g.flatten_all()?.to_vec1::<f32>()?);
+                    }
+                    let gv = &done[&x.id()];
+                    let e = st.get_mut(&lin.name).expect("stats added above");
+                    let acc = e.gram.get_or_insert_with(|| vec![0.0; n * n]);
+                    acc.iter_mut().zip(gv).for_each(|(a, v)| *a += *v as f64);
+                }
+            }
         }
-        for lin in model.blocks[bi].linears_mut() {
-            let norms = sq[&lin.name].l2();
-            let (o, i) = lin.weight.dims2()?;
-            let norms_t = Tensor::from_vec(norms, (1, i), &lin.weight.device().clone())?;
-            let score = lin
-                .weight
-                .to_dtype(DType::F32)?
-                .abs()?
-                .broadcast_mul(&norms_t)?;
-            let score = score.flatten_all()?.to_vec1::<f32>()?;
-            let m = mask::layer_mask(&score, [o, i], ratio, scope, pattern)?;
-            lin.weight = apply_mask(&lin.weight, &m)?;
-            masks.insert(lin.name.clone(), m);
-        }
+        prune(&mut model.blocks[bi], &st)?;
         let block = &model.blocks[bi];
         for h in hs.iter_mut() {
             let t = h.dims()[1];
@@ -190,5 +196,41 @@ pub fn wanda_prune(
         }
         progress(bi + 1);
     }
+    Ok(())
+}
+
+/// Wanda: `|W|·‖X_j‖₂` per weight with calibration replay, pruned per row (or layer / N:M).
+pub fn wanda_prune(
+    model: &mut DecoderModel,
+    samples: &[Vec<u32>],
+    ratio: f64,
+    scope: Scope,
+    pattern: Pattern,
+    progress: impl FnMut(usize),
+) -> Result<HashMap<String, Vec<bool>>> {
+    let mut masks = HashMap::new();
+    replay_blocks(
+        model,
+        samples,
+        false,
+        |block, sq| {
+            for lin in block.linears_mut() {
+                let norms = sq[&lin.name].l2();
+                let (o, i) = lin.weight.dims2()?;
+                let norms_t = Tensor::from_vec(norms, (1, i), &lin.weight.device().clone())?;
+                let score = lin
+                    .weight
+                    .to_dtype(DType::F32)?
+                    .abs()?
+                    .broadcast_mul(&norms_t)?;
+                let score = score.flatten_all()?.to_vec1::<f32>()?;
+                let m = mask::layer_mask(&score, [o, i], ratio, scope, pattern)?;
+                lin.weight = apply_mask(&lin.weight, &m)?;
+                masks.insert(lin.name.clone(), m);
+            }
+            Ok(())
+        },
+        progress,
+    )?;
     Ok(masks)
 }
