@@ -209,3 +209,53 @@ fn memory_guard_names_the_need_and_the_flags() {
     common::assert_error(&r, 5, &["GiB", "--memory recompute", "--force"]);
     assert!(!Path::new(&o).exists());
 }
+
+/// `compress` attributes too: killed mid-attribution and resumed, it writes the same model.
+#[test]
+fn killed_and_resumed_compress_writes_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &Path, extra: &[&str]| -> Child {
+        let o = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "compress",
+            "--samples",
+            "96",
+            "--seq-len",
+            "128",
+            "--save-mask",
+            "--out",
+            &o,
+        ];
+        args.extend(extra);
+        spawn(&args)
+    };
+    let whole = tmp.path().join("whole");
+    let (code, err) = finish(run(&whole, &[]));
+    assert_eq!(code, Some(0), "{err}");
+    let resumed = tmp.path().join("resumed");
+    let ckpt = tmp.path().join("resumed.ckpt");
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut child = run(&resumed, &["--checkpoint-every", "7", "--resume"]);
+        if round < 2 && wait_for(&ckpt, &mut child, Duration::from_secs(60)) {
+            std::thread::sleep(Duration::from_millis(20));
+            signal(&child, "-KILL");
+            let _ = finish(child);
+            kills += 1;
+            assert!(!resumed.exists());
+            continue;
+        }
+        let (code, err) = finish(child);
+        assert_eq!(code, Some(0), "{err}");
+        break;
+    }
+    assert!(kills > 0);
+    assert!(!ckpt.exists());
+    for f in ["model.safetensors", "mask.safetensors"] {
+        assert_eq!(
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(resumed.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

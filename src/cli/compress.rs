@@ -78,6 +78,12 @@ pub struct CompressArgs {
     /// What happens to the surviving weights.
     #[arg(long, value_enum, default_value = "none")]
     pub update: UpdateArg,
+    /// Save the attribution's accumulators every N samples to `<out>.ckpt` (also on a signal).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue a killed run's attribution from `<out>.ckpt`.
+    #[arg(long)]
+    pub resume: bool,
     /// Reuse a relevance file from `sparc3 attribute` instead of attributing again.
     #[arg(long)]
     pub scores: Option<PathBuf>,
@@ -217,6 +223,29 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    if a.checkpoint_every == Some(0) {
+        fail!(Usage, "--checkpoint-every must be at least 1");
+    }
+    let checkpoint = (a.checkpoint_every.is_some() || a.resume).then(|| {
+        let fingerprint = crate::source::sha256_hex(
+            serde_json::to_string(&json!({
+                "config": loaded.config_sha256,
+                "calibration": calib.as_ref().map(|c| &c.info),
+                "method": method.name(),
+                "target": target,
+                "dtype": super::dtype_name(req.dtype),
+            }))
+            .unwrap_or_default()
+            .as_bytes(),
+        );
+        let mut p = a.out.as_os_str().to_owned();
+        p.push(".ckpt");
+        crate::lrp::checkpoint::Checkpoint {
+            path: PathBuf::from(p),
+            every: a.checkpoint_every.unwrap_or(0),
+            fingerprint,
+        }
+    });
     let job = CompressJob {
         method,
         ratio: a.ratio,
@@ -228,6 +257,9 @@ pub fn run(a: CompressArgs) -> Result<()> {
         config_sha256: &loaded.config_sha256,
         layers,
         update_obs: a.update == UpdateArg::Obs,
+        checkpoint,
+        resume: a.resume,
+        force_memory: a.force,
     };
     let res = compress::compress(&mut model, &job, |what, i, n| {
         pb.set_message(what.to_string());
@@ -284,6 +316,9 @@ pub fn run(a: CompressArgs) -> Result<()> {
         ));
     }
     crate::io::hf::write_model(&loaded, &model, &a.out, a.force, out_dtype, &files)?;
+    if let Some(c) = &job.checkpoint {
+        c.remove();
+    }
     if a.json {
         output::print_json(&report);
     } else {

@@ -64,6 +64,11 @@ pub struct CompressJob<'a> {
     /// Keep the chosen masks but reconstruct the surviving weights with SparseGPT's OBS
     /// update, block by block (`--update obs`).
     pub update_obs: bool,
+    /// Checkpoints of a fresh attribution (`--checkpoint-every`, `--resume`).
+    pub checkpoint: Option<crate::lrp::checkpoint::Checkpoint>,
+    pub resume: bool,
+    /// Run past the memory guard.
+    pub force_memory: bool,
 }
 
 pub struct CompressResult {
@@ -210,14 +215,17 @@ fn choose(
                 let mut acc = Accumulators::new(Aggregation::Abs);
                 let t = job.samples.first().map_or(0, |s| s.len());
                 let mode = lrp::auto_mode(model, t);
+                lrp::check_memory(model, t, mode, true, job.force_memory)?;
                 let total = job.samples.len();
-                lrp::run_samples(
+                lrp::checkpoint::run_samples_resumable(
                     model,
                     job.samples,
                     |_| job.target.clone(),
                     rule,
                     mode,
                     &mut acc,
+                    job.checkpoint.as_ref(),
+                    job.resume,
                     |i| progress("attribute", i, total),
                 )?;
                 acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
