@@ -37,7 +37,7 @@ pub enum Command {
     Info(info::InfoArgs),
     /// AttnLRP (or gradient) relevance of every prunable weight over calibration samples.
     Attribute(attribute::AttributeArgs),
-    /// Prune a model to a target sparsity (LRP, gradient, Wanda, magnitude) and write it in HF layout.
+    /// Prune a model to a target sparsity (LRP, gradient, Wanda, magnitude, SparseGPT) and write it in HF layout.
     Compress(compress::CompressArgs),
     /// Find the sparse sub-network that carries a task (IOI built in, or a task file).
     Circuit(circuit::CircuitArgs),
