@@ -13,18 +13,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MethodArg {
-    /// AttnLRP relevance of logit(target) − logit(foil).
-    Lrp,
-    /// |W ⊙ ∇W| (|x ⊙ ∇x| for units) of the same logit difference.
-    Gradient,
-    /// |W|·‖X_j‖₂ on the task prompts (row scope by default).
-    Wanda,
-    /// |W|·mean|x_j| (mean |activation| for units).
-    Activation,
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GranularityArg {
     Weight,
@@ -56,7 +44,7 @@ pub struct CircuitArgs {
     pub eval_samples: usize,
     /// Scoring methods, comma-separated (one curve each), e.g. lrp,gradient,wanda.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lrp")]
-    pub method: Vec<MethodArg>,
+    pub method: Vec<super::ScoreArg>,
     #[arg(long, value_enum, default_value = "weight")]
     pub granularity: GranularityArg,
     /// Weight granularity only: grouping for every method (default: Wanda per row, the others
@@ -86,15 +74,6 @@ pub struct CircuitArgs {
     pub json: bool,
 }
 
-fn method_of(m: MethodArg) -> CircuitMethod {
-    match m {
-        MethodArg::Lrp => CircuitMethod::Lrp,
-        MethodArg::Gradient => CircuitMethod::Gradient,
-        MethodArg::Wanda => CircuitMethod::Wanda,
-        MethodArg::Activation => CircuitMethod::Activation,
-    }
-}
-
 /// Dense accuracy below which the task is not solved and a circuit would mean nothing.
 const MIN_DENSE_ACCURACY: f64 = 0.6;
 
@@ -110,13 +89,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
     if a.samples == 0 || a.eval_samples == 0 {
         fail!(Usage, "--samples and --eval-samples must be at least 1");
     }
-    let mut methods: Vec<CircuitMethod> = Vec::new();
-    for m in &a.method {
-        let m = method_of(*m);
-        if !methods.contains(&m) {
-            methods.push(m);
-        }
-    }
+    let methods: Vec<CircuitMethod> = super::score_methods(&a.method);
     let granularity = match a.granularity {
         GranularityArg::Weight => Granularity::Weight,
         GranularityArg::Neuron => Granularity::Neuron,
@@ -125,13 +98,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
     if a.scope.is_some() && granularity != Granularity::Weight {
         fail!(Usage, "--scope applies to --granularity weight only");
     }
-    let layers = match &a.layers {
-        Some(r) => match regex::Regex::new(r) {
-            Ok(r) => Some(r),
-            Err(e) => fail!(Usage, "--layers {r}: invalid regex: {e}"),
-        },
-        None => None,
-    };
+    let layers = super::parse_layers(&a.layers)?;
     let selected = |name: &str| layers.as_ref().is_none_or(|r| r.is_match(name));
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
@@ -407,6 +374,32 @@ fn kept_frac(m: Option<&Vec<bool>>, idx: impl Iterator<Item = usize>) -> f64 {
     k as f64 / n.max(1) as f64
 }
 
+/// Kept fraction of each head's `o` columns in one block.
+fn heads_kept(b: &crate::model::Block, masks: &HashMap<String, Vec<bool>>) -> Result<Vec<f64>> {
+    let o = &b.attn.o;
+    let (rows, cols) = o.weight.dims2()?;
+    let d = b.attn.head_dim;
+    let om = masks.get(&o.name);
+    Ok((0..b.attn.n_heads)
+        .map(|h| {
+            kept_frac(
+                om,
+                (0..rows).flat_map(move |r| (h * d..(h + 1) * d).map(move |c| r * cols + c)),
+            )
+        })
+        .collect())
+}
+
+/// Whether each MLP neuron of one block keeps any weight of its `down`/`fc2` column.
+fn neurons_alive(b: &crate::model::Block, masks: &HashMap<String, Vec<bool>>) -> Result<Vec<bool>> {
+    let (_, down) = b.neuron_layers();
+    let (rows, cols) = down.weight.dims2()?;
+    let dm = masks.get(&down.name);
+    Ok((0..cols)
+        .map(|j| kept_frac(dm, (0..rows).map(|r| r * cols + j)) > 0.0)
+        .collect())
+}
+
 /// Where the circuit lives: kept fraction per layer, per head (of its `o` columns) and per
 /// neuron (of its `down`/`fc2` column).
 fn survivors(
@@ -426,25 +419,10 @@ fn survivors(
     let mut heads = Vec::new();
     let mut neurons = Vec::new();
     for (bi, b) in model.blocks.iter().enumerate() {
-        let o = &b.attn.o;
-        let (rows, cols) = o.weight.dims2()?;
-        let d = b.attn.head_dim;
-        let om = masks.get(&o.name);
-        let per_head: Vec<f64> = (0..b.attn.n_heads)
-            .map(|h| {
-                kept_frac(
-                    om,
-                    (0..rows).flat_map(move |r| (h * d..(h + 1) * d).map(move |c| r * cols + c)),
-                )
-            })
-            .collect();
-        heads.push(json!({"block": bi, "kept": per_head}));
-        let (_, down) = b.neuron_layers();
-        let (rows, cols) = down.weight.dims2()?;
-        let dm = masks.get(&down.name);
-        let alive: Vec<usize> = (0..cols)
-            .filter(|&j| kept_frac(dm, (0..rows).map(|r| r * cols + j)) > 0.0)
-            .collect();
+        heads.push(json!({"block": bi, "kept": heads_kept(b, masks)?}));
+        let flags = neurons_alive(b, masks)?;
+        let cols = flags.len();
+        let alive: Vec<usize> = (0..cols).filter(|&j| flags[j]).collect();
         neurons.push(json!({"block": bi, "alive": alive.len(), "of": cols, "indices": if alive.len() < cols { json!(alive) } else { Value::Null }}));
     }
     Ok(json!({"layers": layers, "heads": heads, "neurons": neurons}))
@@ -558,22 +536,8 @@ fn map_svg(
             let vals = model
                 .blocks
                 .iter()
-                .map(|b| {
-                    let o = &b.attn.o;
-                    let (r, c) = o.weight.dims2().unwrap_or((0, 0));
-                    let d = b.attn.head_dim;
-                    (0..b.attn.n_heads)
-                        .map(|h| {
-                            kept_frac(
-                                masks.get(&o.name),
-                                (0..r).flat_map(move |i| {
-                                    (h * d..(h + 1) * d).map(move |j| i * c + j)
-                                }),
-                            )
-                        })
-                        .collect()
-                })
-                .collect();
+                .map(|b| heads_kept(b, masks))
+                .collect::<Result<_>>()?;
             ((0..n).map(|h| format!("H{h}")).collect(), vals)
         }
         Granularity::Neuron => {
@@ -582,25 +546,17 @@ fn map_svg(
                 .blocks
                 .iter()
                 .map(|b| {
-                    let (_, down) = b.neuron_layers();
-                    let (r, c) = down.weight.dims2().unwrap_or((0, 0));
-                    let m = masks.get(&down.name);
-                    let alive: Vec<f64> = (0..c)
-                        .map(|j| {
-                            if kept_frac(m, (0..r).map(|i| i * c + j)) > 0.0 {
-                                1.0
-                            } else {
-                                0.0
-                            }
-                        })
+                    let alive: Vec<f64> = neurons_alive(b, masks)?
+                        .into_iter()
+                        .map(|x| x as u8 as f64)
                         .collect();
-                    let per = c.div_ceil(BINS).max(1);
-                    alive
+                    let per = alive.len().div_ceil(BINS).max(1);
+                    Ok(alive
                         .chunks(per)
                         .map(|ch| ch.iter().sum::<f64>() / ch.len() as f64)
-                        .collect()
+                        .collect())
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             ((0..BINS).map(|i| format!("{i}")).collect(), vals)
         }
     };

@@ -125,13 +125,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .as_deref()
         .map(|d| super::parse_dtype_flag(d, "--out-dtype"))
         .transpose()?;
-    let layers = match &a.layers {
-        Some(r) => match regex::Regex::new(r) {
-            Ok(r) => Some(r),
-            Err(e) => fail!(Usage, "--layers {r}: invalid regex: {e}"),
-        },
-        None => None,
-    };
+    let layers = super::parse_layers(&a.layers)?;
     let method = match a.method {
         MethodArg::Lrp => Method::Lrp,
         MethodArg::Gradient => Method::Gradient,
@@ -238,10 +232,8 @@ pub fn run(a: CompressArgs) -> Result<()> {
             .unwrap_or_default()
             .as_bytes(),
         );
-        let mut p = a.out.as_os_str().to_owned();
-        p.push(".ckpt");
         crate::lrp::checkpoint::Checkpoint {
-            path: PathBuf::from(p),
+            path: crate::lrp::checkpoint::Checkpoint::path_for(&a.out),
             every: a.checkpoint_every.unwrap_or(0),
             fingerprint,
         }

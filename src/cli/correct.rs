@@ -13,18 +13,6 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MethodArg {
-    /// AttnLRP relevance (continuations of the undesired set; next tokens of general text).
-    Lrp,
-    /// |W ⊙ ∇W| (|x ⊙ ∇x| for neurons) of the same targets.
-    Gradient,
-    /// |W|·‖X_j‖₂ (neurons: ‖X_j‖₂·‖W[:, j]‖₂) on each set.
-    Wanda,
-    /// |W|·mean|x_j| (neurons: mean |activation|) on each set.
-    Activation,
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GranularityArg {
     Neuron,
@@ -69,7 +57,7 @@ pub struct CorrectArgs {
     pub seed: u64,
     /// Scores, comma-separated (one sweep each; the first decides the written model).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lrp")]
-    pub method: Vec<MethodArg>,
+    pub method: Vec<super::ScoreArg>,
     /// Word list flagging undesired text (default: built-in configs/lexicon-en.txt).
     #[arg(long)]
     pub lexicon: Option<PathBuf>,
@@ -107,15 +95,6 @@ pub struct CorrectArgs {
     pub json: bool,
 }
 
-fn method_of(m: MethodArg) -> Method {
-    match m {
-        MethodArg::Lrp => Method::Lrp,
-        MethodArg::Gradient => Method::Gradient,
-        MethodArg::Wanda => Method::Wanda,
-        MethodArg::Activation => Method::Activation,
-    }
-}
-
 #[derive(serde::Serialize)]
 struct Point {
     count: usize,
@@ -147,20 +126,9 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         GranularityArg::Neuron => Granularity::Neuron,
         GranularityArg::Weight => Granularity::Weight,
     };
-    let layers = match &a.layers {
-        Some(r) => match regex::Regex::new(r) {
-            Ok(r) => Some(r),
-            Err(e) => fail!(Usage, "--layers {r}: invalid regex: {e}"),
-        },
-        None => None,
-    };
+    let layers = super::parse_layers(&a.layers)?;
     let selected = |name: &str| layers.as_ref().is_none_or(|r| r.is_match(name));
-    let mut methods: Vec<Method> = Vec::new();
-    for m in &a.method {
-        if !methods.contains(&method_of(*m)) {
-            methods.push(method_of(*m));
-        }
-    }
+    let methods: Vec<Method> = super::score_methods(&a.method);
     let set = undesired::read(&a.toxic_set, a.holdout, a.seed)?;
     let lexicon = match &a.lexicon {
         Some(p) => {

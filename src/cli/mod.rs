@@ -156,3 +156,45 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a),
     }
 }
+
+/// Component scores for the jobs that rank components (`circuit`, `correct`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScoreArg {
+    /// AttnLRP relevance of the job's target.
+    Lrp,
+    /// |W ⊙ ∇W| (|x ⊙ ∇x| for units) of the same target.
+    Gradient,
+    /// |W|·‖X_j‖₂ (units: ‖X_unit‖₂·‖W[:, unit]‖_F).
+    Wanda,
+    /// |W|·mean|x_j| (units: mean |activation|).
+    Activation,
+}
+
+/// The requested score methods, duplicates dropped, in order.
+pub fn score_methods(args: &[ScoreArg]) -> Vec<crate::prune::ranking::Method> {
+    use crate::prune::ranking::Method;
+    let mut v: Vec<Method> = Vec::new();
+    for a in args {
+        let m = match a {
+            ScoreArg::Lrp => Method::Lrp,
+            ScoreArg::Gradient => Method::Gradient,
+            ScoreArg::Wanda => Method::Wanda,
+            ScoreArg::Activation => Method::Activation,
+        };
+        if !v.contains(&m) {
+            v.push(m);
+        }
+    }
+    v
+}
+
+/// `--layers REGEX`, checked.
+pub fn parse_layers(r: &Option<String>) -> Result<Option<regex::Regex>> {
+    match r {
+        Some(r) => match regex::Regex::new(r) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => crate::fail!(Usage, "--layers {r}: invalid regex: {e}"),
+        },
+        None => Ok(None),
+    }
+}

@@ -348,10 +348,7 @@ impl DecoderModel {
         let b = tokens.dims1()?;
         let mut h = self.embed.forward_at(&tokens.reshape((b, 1))?, pos)?;
         let tables = match &self.blocks[0].attn.rope {
-            Some(r) => {
-                let (c, s) = r.tables(pos + 1, &self.device)?;
-                Some((c.narrow(0, pos, 1)?, s.narrow(0, pos, 1)?))
-            }
+            Some(r) => Some(r.tables_from(pos, 1, &self.device)?),
             None => None,
         };
         for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {

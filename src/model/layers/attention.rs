@@ -22,10 +22,15 @@ pub struct Rope {
 impl Rope {
     /// `cos`, `sin`: `[t, head_dim/2]` for positions `0..t`.
     pub fn tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        self.tables_from(0, t, device)
+    }
+
+    /// `cos`, `sin`: `[t, head_dim/2]` for positions `start..start + t` (cached decoding).
+    pub fn tables_from(&self, start: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let h = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * h);
         let mut sin = Vec::with_capacity(t * h);
-        for p in 0..t {
+        for p in start..start + t {
             for &f in &self.inv_freq {
                 // f32 product as in HF (inv_freq[:, None] @ position_ids[None, :] in float32).
                 let a = f * p as f32;
