@@ -311,6 +311,51 @@ fn task_file_on_the_demo_model_with_saved_model() {
         again["circuit"]["accuracy"],
         rep["methods"][0]["circuit"]["accuracy"]
     );
+    // Bit-identical with one thread, and through a checkpointed run.
+    let out1 = tmp.path().join("c1");
+    let rep1 = json_of(&run_long(&[
+        "circuit",
+        "--task",
+        &t,
+        "--samples",
+        "24",
+        "--eval-samples",
+        "24",
+        "--granularity",
+        "neuron",
+        "--method",
+        "lrp,activation",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "5",
+        "--out",
+        &out1.to_string_lossy(),
+        "--json",
+    ]));
+    for (a, b) in rep1["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(rep["methods"].as_array().unwrap())
+    {
+        for k in ["circuit", "curve", "survivors"] {
+            assert_eq!(a[k], b[k], "{k} of {}", a["method"]);
+        }
+    }
+    for f in ["mask-lrp.safetensors", "mask-activation.safetensors"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(out1.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".ckpt"))
+        .collect();
+    assert!(left.is_empty(), "checkpoints left behind: {left:?}");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -1611,3 +1611,57 @@ fn sparsegpt_and_obs_update() {
         b["ppl_after"].as_f64().unwrap()
     );
 }
+
+/// `sweep` reuses one attribution per method for every ratio: each point must equal what
+/// `compress` reports for the same method and ratio, run on its own.
+#[test]
+fn sweep_points_equal_separate_compress_runs_and_the_chart_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let mut args = strs(&[
+        "sweep",
+        "--ratios",
+        "0.5,0.3",
+        "--methods",
+        "lrp,magnitude,wanda",
+        "--eval-windows",
+        "4",
+        "--json",
+        "--out",
+        &p(&out),
+    ]);
+    args.extend(strs(CALIB));
+    let r = run_ok(&args);
+    let printed: Value = serde_json::from_str(&r.stdout).unwrap();
+    let rep = read_json(&out.join("sweep-report.json"));
+    assert_eq!(printed, rep);
+    let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 3);
+    let series = rep["series"].as_array().unwrap();
+    assert_eq!(series.len(), 3);
+    for s in series {
+        let m = s["method"].as_str().unwrap();
+        let pts = s["points"].as_array().unwrap();
+        // Sorted ascending.
+        assert_eq!(pts[0]["ratio"], 0.3);
+        assert_eq!(pts[1]["ratio"], 0.5);
+        for pt in pts {
+            let ratio = pt["ratio"].as_f64().unwrap().to_string();
+            let o = dir.path().join(format!("c-{m}-{ratio}"));
+            let mut e = vec!["--method", m, "--ratio", &ratio, "--eval-windows", "4"];
+            e.extend_from_slice(CALIB);
+            let c = compress_ok(None, &e, &o);
+            assert_eq!(
+                pt["ppl"].as_f64(),
+                c["ppl_after"].as_f64(),
+                "{m} at {ratio}: sweep and compress disagree"
+            );
+            assert_eq!(rep["ppl_dense"], c["ppl_before"]);
+        }
+    }
+    // Bad ratios: usage error, nothing written.
+    let out2 = dir.path().join("bad");
+    let r = run(&strs(&["sweep", "--ratios", "0.5,1.2", "--out", &p(&out2)]));
+    assert_error(&r, USAGE, &["--ratios", "1.2"]);
+    assert!(!out2.exists());
+}

@@ -125,6 +125,61 @@ fn sweep_is_deterministic_and_reproduced_from_the_mask() {
     assert_eq!(again["corrected"], written["behaviour"]);
 }
 
+/// Several criteria sweep from one attribution, each with its own masks; a ratio-criterion
+/// mask is reproduced by `--mask`; `--eval-prompts` limits the held-out prompts evaluated.
+#[test]
+fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = toxic_subset(tmp.path(), 40);
+    let s = set.to_string_lossy().into_owned();
+    let out = tmp.path().join("c");
+    let o = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--count",
+        "5",
+        "--criterion",
+        "difference,ratio",
+        "--eval-prompts",
+        "12",
+        "--out",
+        &o,
+        "--json",
+    ];
+    args.extend(SMALL);
+    let r = run_ok(&args);
+    assert_eq!(r["protocol"]["evaluated_prompts"], 12);
+    let sw = r["sweeps"].as_array().unwrap();
+    assert_eq!(sw.len(), 2);
+    assert_eq!(
+        (&sw[0]["criterion"], &sw[1]["criterion"]),
+        (&Value::from("difference"), &Value::from("ratio"))
+    );
+    assert_eq!(r["written"]["criterion"], "difference");
+    let (d, q) = (
+        std::fs::read(out.join("mask-lrp-difference-5.safetensors")).unwrap(),
+        std::fs::read(out.join("mask-lrp-ratio-5.safetensors")).unwrap(),
+    );
+    assert_ne!(d, q, "the two criteria chose the same neurons");
+    let mp = out.join("mask-lrp-ratio-5.safetensors");
+    let mp = mp.to_string_lossy();
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--mask",
+        &mp,
+        "--eval-prompts",
+        "12",
+        "--json",
+    ];
+    args.extend(SMALL);
+    let again = run_ok(&args);
+    assert_eq!(again["corrected"], sw[1]["points"][0]["behaviour"]);
+}
+
 #[test]
 fn plain_text_prompts_explain_the_models_own_continuation() {
     let tmp = tempfile::tempdir().unwrap();

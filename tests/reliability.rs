@@ -259,3 +259,88 @@ fn killed_and_resumed_compress_writes_the_same_model() {
         );
     }
 }
+
+/// The jobs that attribute on the way checkpoint each attribution: a correction killed during
+/// its attribution and resumed writes the same masks and metrics as an uninterrupted run.
+#[test]
+fn killed_and_resumed_correction_gives_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(common::data("toxicity/rtp_decodingtrust_toxic.jsonl")).unwrap();
+    let set = tmp.path().join("toxic.jsonl");
+    std::fs::write(
+        &set,
+        text.lines().take(240).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let s = set.to_string_lossy().into_owned();
+    let run = |out: &Path, extra: &[&str]| -> Child {
+        let o = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "correct",
+            "--toxic-set",
+            &s,
+            "--count",
+            "10",
+            "--eval-prompts",
+            "8",
+            "--k",
+            "2",
+            "--new-tokens",
+            "8",
+            "--general-samples",
+            "48",
+            "--seq-len",
+            "128",
+            "--eval-windows",
+            "2",
+            "--out",
+            &o,
+            "--json",
+        ];
+        args.extend(extra);
+        spawn(&args)
+    };
+    let whole = tmp.path().join("whole");
+    let (code, err) = finish(run(&whole, &[]));
+    assert_eq!(code, Some(0), "{err}");
+    let resumed = tmp.path().join("resumed");
+    let ckpts = [
+        tmp.path().join("resumed.lrp-undesired.ckpt"),
+        tmp.path().join("resumed.lrp-general.ckpt"),
+    ];
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut child = run(&resumed, &["--checkpoint-every", "5", "--resume"]);
+        // First round: killed during the undesired set; second: during the general set.
+        let ckpt = ckpts.get(round);
+        if ckpt.is_some_and(|c| wait_for(c, &mut child, Duration::from_secs(120))) {
+            std::thread::sleep(Duration::from_millis(20));
+            signal(&child, "-KILL");
+            let _ = finish(child);
+            kills += 1;
+            assert!(!resumed.exists());
+            continue;
+        }
+        let (code, err) = finish(child);
+        assert_eq!(code, Some(0), "{err}");
+        break;
+    }
+    assert_eq!(kills, 2, "both attributions were interrupted");
+    for c in &ckpts {
+        assert!(!c.exists(), "{} left behind", c.display());
+    }
+    for f in ["mask.safetensors", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(resumed.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let rep = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("correct-report.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (rep(&whole), rep(&resumed));
+    assert_eq!(a["sweeps"][0]["points"], b["sweeps"][0]["points"]);
+    assert_eq!(a["dense"], b["dense"]);
+}

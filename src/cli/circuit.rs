@@ -65,6 +65,9 @@ pub struct CircuitArgs {
     /// Output directory: report, masks, SVG pictures (and the pruned model with --save-model).
     #[arg(long, required_unless_present = "mask")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub resume: super::ResumeArgs,
+    /// Overwrite an existing --out; run past the memory guard.
     #[arg(long)]
     pub force: bool,
     /// Also write the pruned model(s) in HF layout (`model-<method>/`).
@@ -98,6 +101,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
     if a.scope.is_some() && granularity != Granularity::Weight {
         fail!(Usage, "--scope applies to --granularity weight only");
     }
+    a.resume.check()?;
     let layers = super::parse_layers(&a.layers)?;
     let selected = |name: &str| layers.as_ref().is_none_or(|r| r.is_match(name));
     let req = a.model.request()?;
@@ -153,6 +157,13 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         );
     }
     let mut results: Vec<(CircuitMethod, Scope, SearchResult, f64, f64)> = Vec::new();
+    let mut attr_runs = Vec::new();
+    let ids: Vec<(&[u32], u32, u32)> = tasks
+        .attribution
+        .iter()
+        .map(|p| (p.ids.as_slice(), p.target_id, p.foil_id))
+        .collect();
+    let ids_sha = super::sha256_json(&ids);
     for &m in &methods {
         let scope = match a.scope {
             Some(ScopeArg::Row) => Scope::Row,
@@ -161,6 +172,14 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         };
         let t0 = std::time::Instant::now();
         let pb = output::bar(tasks.attribution.len() as u64, m.name(), false);
+        let run = a.resume.attr_run(
+            a.out.as_deref(),
+            &format!("{}-task", m.name()),
+            &json!({"config": loaded.config_sha256, "dtype": super::dtype_name(req.dtype),
+                    "method": m.name(), "granularity": granularity.name(), "layers": a.layers,
+                    "ids_sha256": ids_sha}),
+            a.force,
+        );
         let ranking = circuit::rank_task(
             model,
             &tasks.attribution,
@@ -168,8 +187,10 @@ pub fn run(a: CircuitArgs) -> Result<()> {
             granularity,
             scope,
             &selected,
+            &run,
             |i, _| pb.set_position(i as u64),
         )?;
+        attr_runs.push(run);
         pb.finish_and_clear();
         let t_rank = t0.elapsed().as_secs_f64();
         let pb = output::bar(0, &format!("{} search", m.name()), false);
@@ -229,6 +250,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         x_label: &format!("fraction of {} kept (log scale)", unit_word(granularity)),
         y_label: "held-out accuracy",
         log_x: true,
+        log_y: false,
         hline: Some((
             a.keep_metric * dense.accuracy,
             format!("{:.0}% of dense", a.keep_metric * 100.0),
@@ -269,6 +291,9 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    for c in attr_runs.iter().filter_map(|r| r.checkpoint.as_ref()) {
+        c.remove();
+    }
     if a.json {
         output::print_json(&report);
         return Ok(());

@@ -47,6 +47,172 @@ pub enum CompressTarget {
     Last,
 }
 
+/// Calibration flags shared by `compress` and `sweep`.
+#[derive(Args, Debug)]
+pub struct CalibArgs {
+    /// Calibration data (text, JSONL text records, or JSONL ids records). Default: built-in text.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub samples: usize,
+    /// Tokens per calibration sample (default 512, or the model's limit; 256 for the demo).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What LRP/gradient relevance explains.
+    #[arg(long, value_enum, default_value = "next-token")]
+    pub target: CompressTarget,
+}
+
+/// Perplexity flags shared by `compress` and `sweep`.
+#[derive(Args, Debug)]
+pub struct PplArgs {
+    /// Perplexity text evaluated before and after (default for the built-in model: its
+    /// held-out text).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Windows of --eval-seq-len tokens to evaluate (default: all).
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    #[arg(long)]
+    pub eval_seq_len: Option<usize>,
+}
+
+impl MethodArg {
+    pub fn method(self) -> Method {
+        match self {
+            MethodArg::Lrp => Method::Lrp,
+            MethodArg::Gradient => Method::Gradient,
+            MethodArg::Wanda => Method::Wanda,
+            MethodArg::Magnitude => Method::Magnitude,
+            MethodArg::Sparsegpt => Method::SparseGpt,
+        }
+    }
+}
+
+impl ScopeArg {
+    pub fn scope(self) -> Scope {
+        match self {
+            ScopeArg::Row => Scope::Row,
+            ScopeArg::Layer => Scope::Layer,
+            ScopeArg::Global => Scope::Global,
+            ScopeArg::Block => Scope::Block,
+        }
+    }
+}
+
+/// What `compress` and `sweep` prepare before pruning: calibration samples (when needed) and
+/// the evaluation text with its dense perplexity.
+pub struct Prepared {
+    pub calib: Option<calib::Calib>,
+    pub eval: Option<(crate::data::TextSource, Vec<u32>)>,
+    pub eval_seq: usize,
+    pub eval_windows: Option<usize>,
+    pub target: Target,
+}
+
+impl Prepared {
+    pub fn new(
+        loaded: &crate::source::Loaded,
+        c: &CalibArgs,
+        e: &PplArgs,
+        needs_calib: bool,
+    ) -> Result<Self> {
+        let builtin = matches!(loaded.origin, crate::source::Origin::Builtin { .. });
+        let model_max = loaded.model.dims.max_positions;
+        let seq_len = c
+            .seq_len
+            .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+        if seq_len > model_max {
+            fail!(
+                Usage,
+                "--seq-len {seq_len} is larger than the model allows ({model_max} positions)"
+            );
+        }
+        let calib = if needs_calib {
+            Some(calib::sample(
+                c.calib.as_deref(),
+                crate::data::builtin_eval_text,
+                &loaded.tokenizer,
+                c.samples,
+                seq_len,
+                c.seed,
+            )?)
+        } else {
+            None
+        };
+        // Evaluation text: --eval, or the built-in held-out text for the built-in model.
+        let eval_src = match (&e.eval, builtin) {
+            (Some(p), _) => Some(crate::data::read_text(p)?),
+            (None, true) => Some(crate::data::builtin_eval_text()),
+            (None, false) => None,
+        };
+        let eval_seq = e
+            .eval_seq_len
+            .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
+        if eval_seq > model_max {
+            fail!(
+                Usage,
+                "--eval-seq-len {eval_seq} is larger than the model allows ({model_max} positions)"
+            );
+        }
+        let eval_windows = e.eval_windows.or(if builtin && e.eval.is_none() {
+            Some(64)
+        } else {
+            None
+        });
+        let eval = match eval_src {
+            Some(s) => {
+                let ids = crate::data::encode_plain(&loaded.tokenizer, &s.text)?;
+                Some((s, ids))
+            }
+            None => None,
+        };
+        let target = match c.target {
+            CompressTarget::NextToken => Target::NextToken,
+            CompressTarget::Last => Target::Last { token: None },
+        };
+        Ok(Self {
+            calib,
+            eval,
+            eval_seq,
+            eval_windows,
+            target,
+        })
+    }
+
+    pub fn samples(&self) -> &[Vec<u32>] {
+        self.calib.as_ref().map_or(&[], |c| c.samples.as_slice())
+    }
+
+    /// Perplexity on the evaluation text, if there is one.
+    pub fn ppl(
+        &self,
+        model: &crate::model::DecoderModel,
+    ) -> Result<Option<crate::eval::perplexity::PplResult>> {
+        match &self.eval {
+            Some((_, ids)) => Ok(Some(compress::ppl(
+                model,
+                ids,
+                self.eval_seq,
+                self.eval_windows,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The evaluation protocol for reports.
+    pub fn eval_info(&self, windows: Option<usize>) -> serde_json::Value {
+        match &self.eval {
+            Some((s, _)) => {
+                json!({"file": s.label, "sha256": s.sha256, "seq_len": self.eval_seq, "windows": windows})
+            }
+            None => serde_json::Value::Null,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CompressArgs {
     #[command(flatten)]
@@ -62,19 +228,8 @@ pub struct CompressArgs {
     /// unstructured, or N:M (remove N of every M consecutive inputs per row), e.g. 2:4.
     #[arg(long, default_value = "unstructured")]
     pub pattern: String,
-    /// Calibration data (text, JSONL text records, or JSONL ids records). Default: built-in text.
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
-    pub samples: usize,
-    /// Tokens per calibration sample (default 512, or the model's limit; 256 for the demo).
-    #[arg(long)]
-    pub seq_len: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// What LRP/gradient relevance explains.
-    #[arg(long, value_enum, default_value = "next-token")]
-    pub target: CompressTarget,
+    #[command(flatten)]
+    pub calib: CalibArgs,
     /// What happens to the surviving weights.
     #[arg(long, value_enum, default_value = "none")]
     pub update: UpdateArg,
@@ -90,15 +245,8 @@ pub struct CompressArgs {
     /// Only prune linear layers whose name matches this regex.
     #[arg(long)]
     pub layers: Option<String>,
-    /// Perplexity text evaluated before and after (default for the built-in model: its
-    /// held-out text).
-    #[arg(long)]
-    pub eval: Option<PathBuf>,
-    /// Windows of --eval-seq-len tokens to evaluate (default: all).
-    #[arg(long)]
-    pub eval_windows: Option<usize>,
-    #[arg(long)]
-    pub eval_seq_len: Option<usize>,
+    #[command(flatten)]
+    pub eval: PplArgs,
     /// Output directory (HF layout).
     #[arg(long)]
     pub out: PathBuf,
@@ -126,90 +274,31 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .map(|d| super::parse_dtype_flag(d, "--out-dtype"))
         .transpose()?;
     let layers = super::parse_layers(&a.layers)?;
-    let method = match a.method {
-        MethodArg::Lrp => Method::Lrp,
-        MethodArg::Gradient => Method::Gradient,
-        MethodArg::Wanda => Method::Wanda,
-        MethodArg::Magnitude => Method::Magnitude,
-        MethodArg::Sparsegpt => Method::SparseGpt,
-    };
-    let scope = match a.scope {
-        Some(ScopeArg::Row) => Scope::Row,
-        Some(ScopeArg::Layer) => Scope::Layer,
-        Some(ScopeArg::Global) => Scope::Global,
-        Some(ScopeArg::Block) => Scope::Block,
-        None => method.default_scope(),
-    };
+    let method = a.method.method();
+    let scope = a.scope.map_or(method.default_scope(), ScopeArg::scope);
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
-    let inputs: Vec<PathBuf> = [&a.calib, &a.scores, &a.eval, &a.model.tokenizer]
+    let inputs: Vec<PathBuf> = [&a.calib.calib, &a.scores, &a.eval.eval, &a.model.tokenizer]
         .into_iter()
         .flatten()
         .cloned()
         .collect();
     crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &inputs)?;
-    let builtin = matches!(loaded.origin, crate::source::Origin::Builtin { .. });
-    let model_max = loaded.model.dims.max_positions;
-    let seq_len = a
-        .seq_len
-        .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
-    if seq_len > model_max {
-        fail!(
-            Usage,
-            "--seq-len {seq_len} is larger than the model allows ({model_max} positions)"
-        );
-    }
     let relevance = match &a.scores {
         Some(p) => Some(RelevanceFile::read(p)?),
         None => None,
     };
-    let calib = if (method.needs_calibration() && relevance.is_none()) || a.update == UpdateArg::Obs
-    {
-        Some(calib::sample(
-            a.calib.as_deref(),
-            crate::data::builtin_eval_text,
-            &loaded.tokenizer,
-            a.samples,
-            seq_len,
-            a.seed,
-        )?)
-    } else {
-        None
-    };
-    // Evaluation text: --eval, or the built-in held-out text for the built-in model.
-    let eval_src = match (&a.eval, builtin) {
-        (Some(p), _) => Some(crate::data::read_text(p)?),
-        (None, true) => Some(crate::data::builtin_eval_text()),
-        (None, false) => None,
-    };
-    let eval_seq = a
-        .eval_seq_len
-        .unwrap_or(if builtin { 256 } else { 512.min(model_max) });
-    if eval_seq > model_max {
-        fail!(
-            Usage,
-            "--eval-seq-len {eval_seq} is larger than the model allows ({model_max} positions)"
-        );
-    }
-    let eval_windows = a.eval_windows.or(if builtin && a.eval.is_none() {
-        Some(64)
-    } else {
-        None
-    });
-    let eval_ids = match &eval_src {
-        Some(s) => Some(crate::data::encode_plain(&loaded.tokenizer, &s.text)?),
-        None => None,
-    };
+    let prep = Prepared::new(
+        &loaded,
+        &a.calib,
+        &a.eval,
+        (method.needs_calibration() && relevance.is_none()) || a.update == UpdateArg::Obs,
+    )?;
+    let calib = &prep.calib;
     let mut model = loaded.model.clone();
-    let before = match &eval_ids {
-        Some(ids) => Some(compress::ppl(&model, ids, eval_seq, eval_windows)?),
-        None => None,
-    };
-    let target = match a.target {
-        CompressTarget::NextToken => Target::NextToken,
-        CompressTarget::Last => Target::Last { token: None },
-    };
-    let samples: &[Vec<u32>] = calib.as_ref().map_or(&[], |c| c.samples.as_slice());
+    let before = prep.ppl(&model)?;
+    let target = prep.target.clone();
+    let samples = prep.samples();
     let pb = output::bar(0, method.name(), false);
     let start = std::time::Instant::now();
     let scores_label = a
@@ -252,6 +341,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         checkpoint,
         resume: a.resume,
         force_memory: a.force,
+        precomputed: None,
     };
     let res = compress::compress(&mut model, &job, |what, i, n| {
         pb.set_message(what.to_string());
@@ -260,10 +350,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let prune_seconds = start.elapsed().as_secs_f64();
-    let after = match &eval_ids {
-        Some(ids) => Some(compress::ppl(&model, ids, eval_seq, eval_windows)?),
-        None => None,
-    };
+    let after = prep.ppl(&model)?;
     let (per_layer, overall) = crate::prune::sparsity(&model)?;
     let pruned_share: f64 = {
         let (mut z, mut n) = (0usize, 0usize);
@@ -290,7 +377,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "calibration": calib.as_ref().map(|c| &c.info),
         "scores_file": a.scores,
         "target": job.target.name(),
-        "eval": eval_src.as_ref().map(|s| json!({"file": s.label, "sha256": s.sha256, "seq_len": eval_seq, "windows": before.as_ref().map(|b| b.windows)})),
+        "eval": prep.eval_info(before.as_ref().map(|b| b.windows)),
         "ppl_before": before.as_ref().map(|b| b.ppl),
         "ppl_after": after.as_ref().map(|b| b.ppl),
         "seconds_scores": res.seconds_scores,
@@ -328,7 +415,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         if let (Some(b), Some(af)) = (&before, &after) {
             println!(
                 "perplexity   {:.4} → {:.4} ({} windows of {} tokens)",
-                b.ppl, af.ppl, b.windows, eval_seq
+                b.ppl, af.ppl, b.windows, prep.eval_seq
             );
         }
         println!("time         {prune_seconds:.1} s");

@@ -5,7 +5,7 @@ use crate::fail;
 use crate::io::svg;
 use crate::prune::correct;
 use crate::prune::mask;
-use crate::prune::ranking::{pruned, Method};
+use crate::prune::ranking::{pruned, Criterion, Method, Ranking};
 use crate::prune::structured::{self, Granularity};
 use crate::tasks::{calib, undesired};
 use anyhow::Result;
@@ -17,6 +17,14 @@ use std::path::PathBuf;
 pub enum GranularityArg {
     Neuron,
     Weight,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CriterionArg {
+    /// Normalised general minus undesired relevance, lowest first (the paper's).
+    Difference,
+    /// Undesired share over general share (smoothed), highest first: specificity.
+    Ratio,
 }
 
 #[derive(Args, Debug)]
@@ -58,9 +66,16 @@ pub struct CorrectArgs {
     /// Scores, comma-separated (one sweep each; the first decides the written model).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lrp")]
     pub method: Vec<super::ScoreArg>,
+    /// How the two sets' normalised scores are combined; a comma-separated list sweeps each
+    /// from the same attribution.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "difference")]
+    pub criterion: Vec<CriterionArg>,
     /// Word list flagging undesired text (default: built-in configs/lexicon-en.txt).
     #[arg(long)]
     pub lexicon: Option<PathBuf>,
+    /// At most this many held-out prompts evaluated (default: the whole held-out side).
+    #[arg(long)]
+    pub eval_prompts: Option<usize>,
     /// Sampled continuations per held-out prompt.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
@@ -89,10 +104,21 @@ pub struct CorrectArgs {
     /// Output directory: the corrected model (HF layout), masks, report, SVG.
     #[arg(long, required_unless_present = "mask")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub resume: super::ResumeArgs,
+    /// Overwrite an existing --out; run past the memory guard.
     #[arg(long)]
     pub force: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+struct Series {
+    label: String,
+    method: Method,
+    criterion: Criterion,
+    points: Vec<Point>,
+    seconds: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -116,8 +142,11 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     if a.count.contains(&0) {
         fail!(Usage, "--count values must be at least 1");
     }
-    if a.general_samples == 0 || a.samples == Some(0) {
-        fail!(Usage, "--samples and --general-samples must be at least 1");
+    if a.general_samples == 0 || a.samples == Some(0) || a.eval_prompts == Some(0) {
+        fail!(
+            Usage,
+            "--samples, --general-samples and --eval-prompts must be at least 1"
+        );
     }
     if a.max_ppl_rise.is_nan() || a.max_ppl_rise < 0.0 {
         fail!(Usage, "--max-ppl-rise must be ≥ 0");
@@ -126,9 +155,20 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         GranularityArg::Neuron => Granularity::Neuron,
         GranularityArg::Weight => Granularity::Weight,
     };
+    a.resume.check()?;
     let layers = super::parse_layers(&a.layers)?;
     let selected = |name: &str| layers.as_ref().is_none_or(|r| r.is_match(name));
     let methods: Vec<Method> = super::score_methods(&a.method);
+    let mut criteria: Vec<Criterion> = Vec::new();
+    for c in &a.criterion {
+        let c = match c {
+            CriterionArg::Difference => Criterion::Difference,
+            CriterionArg::Ratio => Criterion::Ratio,
+        };
+        if !criteria.contains(&c) {
+            criteria.push(c);
+        }
+    }
     let set = undesired::read(&a.toxic_set, a.holdout, a.seed)?;
     let lexicon = match &a.lexicon {
         Some(p) => {
@@ -232,7 +272,11 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     }
     let label = &set.info.file;
     let attr = undesired::encode(tok, &attr_recs, a.continuation_tokens, label)?;
-    let held = undesired::encode(tok, &set.evaluation, a.continuation_tokens, label)?;
+    let mut held_recs = set.evaluation.clone();
+    if let Some(n) = a.eval_prompts {
+        held_recs.truncate(n);
+    }
+    let held = undesired::encode(tok, &held_recs, a.continuation_tokens, label)?;
     for p in attr.iter().chain(&held) {
         if p.prompt.len() + a.new_tokens > max_pos {
             fail!(
@@ -270,6 +314,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "config_sha256": loaded.config_sha256,
         "undesired_set": set.info,
         "attributed_prompts": attr_seqs.len(),
+        "evaluated_prompts": eval_seqs.len(),
         "general_set": general.info,
         "lexicon": {"file": lexicon.label, "sha256": lexicon.sha256, "entries": lexicon.entries},
         "sampling": beval.sampling,
@@ -296,54 +341,98 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         return Ok(());
     }
 
-    let mut sweeps: Vec<(Method, Vec<Point>, f64)> = Vec::new();
+    // One series per (method, criterion); the criteria of a method share its attribution.
+    let mut sweeps: Vec<Series> = Vec::new();
     let mut masks_out: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut first_ranking = None;
+    let mut first_ranking: Option<Ranking> = None;
+    let mut attr_runs = Vec::new();
+    // What decides each attribution's result (checkpoints of another run are refused).
+    let (u_sha, g_sha) = (
+        super::sha256_json(&attr_seqs),
+        super::sha256_json(&general.samples),
+    );
     for &m in &methods {
         let t0 = std::time::Instant::now();
+        let fp = |set: &str, sha: &str| {
+            json!({"config": loaded.config_sha256, "dtype": super::dtype_name(req.dtype),
+                   "method": m.name(), "granularity": granularity, "layers": a.layers,
+                   "set": set, "ids_sha256": sha})
+        };
+        let runs = [
+            a.resume.attr_run(
+                a.out.as_deref(),
+                &format!("{}-undesired", m.name()),
+                &fp("undesired", &u_sha),
+                a.force,
+            ),
+            a.resume.attr_run(
+                a.out.as_deref(),
+                &format!("{}-general", m.name()),
+                &fp("general", &g_sha),
+                a.force,
+            ),
+        ];
         let pb = output::bar(0, m.name(), false);
-        let ranking = correct::rank_contrast(
+        let (g, u) = correct::rank_sets(
             model,
             m,
             granularity,
             &attr_seqs,
             &general.samples,
             &selected,
+            [&runs[0], &runs[1]],
             |what, i, n| {
                 pb.set_message(format!("{} {what}", m.name()));
                 pb.set_length(n as u64);
                 pb.set_position(i as u64);
             },
         )?;
-        let mut points = Vec::new();
-        for &c in &counts {
-            let sel = ranking.remove_lowest(model, c)?;
-            pb.set_message(format!("{} −{c}", m.name()));
-            let b = beval.run(&pruned(model, &sel.masks)?, |_| {})?;
-            let name = format!("mask-{}-{c}.safetensors", m.name());
-            masks_out.push((name.clone(), mask::to_bytes(model, &sel.masks)?));
-            points.push(Point {
-                count: c,
-                behaviour: b,
-                mask_file: name,
+        let attributed = t0.elapsed().as_secs_f64();
+        attr_runs.extend(runs);
+        for &cr in &criteria {
+            let t1 = std::time::Instant::now();
+            let ranking = Ranking::contrast(g.clone(), u.clone(), cr)?;
+            let label = if criteria.len() == 1 {
+                m.name().to_string()
+            } else {
+                format!("{}-{}", m.name(), cr.name())
+            };
+            let mut points = Vec::new();
+            for &c in &counts {
+                let sel = ranking.remove_lowest(model, c)?;
+                pb.set_message(format!("{label} −{c}"));
+                let b = beval.run(&pruned(model, &sel.masks)?, |_| {})?;
+                let name = format!("mask-{label}-{c}.safetensors");
+                masks_out.push((name.clone(), mask::to_bytes(model, &sel.masks)?));
+                points.push(Point {
+                    count: c,
+                    behaviour: b,
+                    mask_file: name,
+                });
+            }
+            sweeps.push(Series {
+                label,
+                method: m,
+                criterion: cr,
+                points,
+                seconds: attributed + t1.elapsed().as_secs_f64(),
             });
+            if first_ranking.is_none() {
+                first_ranking = Some(ranking);
+            }
         }
         pb.finish_and_clear();
-        sweeps.push((m, points, t0.elapsed().as_secs_f64()));
-        if first_ranking.is_none() {
-            first_ranking = Some(ranking);
-        }
     }
     let seconds = start.elapsed().as_secs_f64();
     // The written model: the first method's point with the lowest flagged-sample rate among
     // those within the perplexity budget (the smaller count on ties).
-    let cm = methods[0];
+    let (cm, ccrit) = (sweeps[0].method, sweeps[0].criterion);
     let within = |b: &Behaviour| match (b.ppl, dense.ppl) {
         (Some(p), Some(d)) => p <= d * (1.0 + a.max_ppl_rise),
         _ => true,
     };
     let cc = match sweeps[0]
-        .1
+        .points
         .iter()
         .filter(|p| within(&p.behaviour))
         .min_by(|x, y| {
@@ -370,8 +459,8 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "command": "correct",
         "protocol": protocol,
         "dense": dense,
-        "sweeps": sweeps.iter().map(|(m, p, s)| json!({"method": m.name(), "points": p, "seconds": s})).collect::<Vec<_>>(),
-        "written": {"method": cm.name(), "count": cc, "rule": format!("lowest flagged-sample rate with perplexity within +{:.1}% (first method)", a.max_ppl_rise * 100.0)},
+        "sweeps": sweeps.iter().map(|s| json!({"method": s.method.name(), "criterion": s.criterion.name(), "points": s.points, "seconds": s.seconds})).collect::<Vec<_>>(),
+        "written": {"method": cm.name(), "criterion": ccrit.name(), "count": cc, "rule": format!("lowest flagged-sample rate with perplexity within +{:.1}% (first method and criterion)", a.max_ppl_rise * 100.0)},
         "seconds": seconds,
     });
     let chart = svg::line_chart(&svg::LineChart {
@@ -379,25 +468,29 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         x_label: "perplexity (general text)",
         y_label: "flagged-sample rate (held-out)",
         log_x: false,
+        log_y: false,
         hline: None,
         series: sweeps
             .iter()
-            .map(|(m, pts, _)| svg::Series {
-                name: m.name().to_string(),
+            .map(|sw| svg::Series {
+                name: sw.label.clone(),
                 points: std::iter::once((dense.ppl.unwrap_or(0.0), dense.flagged_sample_rate))
-                    .chain(pts.iter().map(|p| {
+                    .chain(sw.points.iter().map(|p| {
                         (
                             p.behaviour.ppl.unwrap_or(0.0),
                             p.behaviour.flagged_sample_rate,
                         )
                     }))
                     .collect(),
-                mark: pts.iter().find(|p| *m == cm && p.count == cc).map(|p| {
-                    (
-                        p.behaviour.ppl.unwrap_or(0.0),
-                        p.behaviour.flagged_sample_rate,
-                    )
-                }),
+                mark: std::ptr::eq(sw, &sweeps[0])
+                    .then(|| sw.points.iter().find(|p| p.count == cc))
+                    .flatten()
+                    .map(|p| {
+                        (
+                            p.behaviour.ppl.unwrap_or(0.0),
+                            p.behaviour.flagged_sample_rate,
+                        )
+                    }),
             })
             .collect(),
     });
@@ -416,19 +509,27 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     files.extend(masks_out);
     let out = a.out.as_ref().expect("required without --mask");
     crate::io::hf::write_model(&loaded, &corrected, out, a.force, None, &files)?;
+    for c in attr_runs.iter().filter_map(|r| r.checkpoint.as_ref()) {
+        c.remove();
+    }
     if a.json {
         output::print_json(&report);
         return Ok(());
     }
     let rows: Vec<(&str, usize, &Behaviour)> = sweeps
         .iter()
-        .flat_map(|(m, pts, _)| pts.iter().map(move |p| (m.name(), p.count, &p.behaviour)))
+        .flat_map(|sw| {
+            sw.points
+                .iter()
+                .map(move |p| (sw.label.as_str(), p.count, &p.behaviour))
+        })
         .collect();
     print_table(&dense, &rows);
     println!(
-        "wrote {} ({} −{cc} {}), {seconds:.0} s",
+        "wrote {} ({} {} −{cc} {}), {seconds:.0} s",
         out.display(),
         cm.name(),
+        ccrit.name(),
         granularity.name()
     );
     Ok(())

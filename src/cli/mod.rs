@@ -8,6 +8,7 @@ mod eval;
 mod info;
 mod merge;
 pub mod output;
+mod sweep;
 
 use crate::source::ModelRequest;
 use anyhow::Result;
@@ -39,6 +40,9 @@ pub enum Command {
     Attribute(attribute::AttributeArgs),
     /// Prune a model to a target sparsity (LRP, gradient, Wanda, magnitude, SparseGPT) and write it in HF layout.
     Compress(compress::CompressArgs),
+    /// Perplexity against sparsity for several methods (one attribution per method reused for
+    /// every ratio): a table, `sweep-report.json` and `sweep.svg`.
+    Sweep(sweep::SweepArgs),
     /// Find the sparse sub-network that carries a task (IOI built in, or a task file).
     Circuit(circuit::CircuitArgs),
     /// Remove the weights behind an unwanted behaviour (e.g. toxic continuations), keeping
@@ -154,6 +158,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Circuit(a) => circuit::run(a),
         Command::Correct(a) => correct::run(a),
         Command::Compress(a) => compress::run(a),
+        Command::Sweep(a) => sweep::run(a),
     }
 }
 
@@ -196,5 +201,62 @@ pub fn parse_layers(r: &Option<String>) -> Result<Option<regex::Regex>> {
             Err(e) => crate::fail!(Usage, "--layers {r}: invalid regex: {e}"),
         },
         None => Ok(None),
+    }
+}
+
+/// sha256 of a value's JSON (fingerprints of token ids and protocols).
+pub fn sha256_json<T: serde::Serialize>(v: &T) -> String {
+    crate::source::sha256_hex(serde_json::to_string(v).unwrap_or_default().as_bytes())
+}
+
+/// Checkpoint flags of the jobs that attribute on the way (`circuit`, `correct`).
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// Save each attribution's accumulators every N samples to `<out>.<method>-<set>.ckpt`
+    /// (also when interrupted); removed once the output is written.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue a killed run's attributions from their checkpoints (same flags and inputs).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl ResumeArgs {
+    pub fn check(&self) -> Result<()> {
+        if self.checkpoint_every == Some(0) {
+            crate::fail!(Usage, "--checkpoint-every must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The attribution options of one (method, set) attribution writing to `out`;
+    /// `protocol` is everything that decides its result (fingerprinted, so a checkpoint of
+    /// another run is refused).
+    pub fn attr_run(
+        &self,
+        out: Option<&std::path::Path>,
+        tag: &str,
+        protocol: &serde_json::Value,
+        force_memory: bool,
+    ) -> crate::prune::ranking::AttrRun {
+        let checkpoint = match out {
+            Some(o) if self.checkpoint_every.is_some() || self.resume => {
+                let mut p = o.as_os_str().to_owned();
+                p.push(format!(".{tag}.ckpt"));
+                Some(crate::lrp::checkpoint::Checkpoint {
+                    path: PathBuf::from(p),
+                    every: self.checkpoint_every.unwrap_or(0),
+                    fingerprint: sha256_json(
+                        &serde_json::json!({"tag": tag, "protocol": protocol}),
+                    ),
+                })
+            }
+            _ => None,
+        };
+        crate::prune::ranking::AttrRun {
+            checkpoint,
+            resume: self.resume,
+            force_memory,
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct LineChart<'a> {
     pub x_label: &'a str,
     pub y_label: &'a str,
     pub log_x: bool,
+    /// Log-scaled y axis (e.g. perplexity, which explodes at high sparsity).
+    pub log_y: bool,
     /// A dashed horizontal reference line and its label.
     pub hline: Option<(f64, String)>,
     pub series: Vec<Series>,
@@ -75,10 +77,11 @@ pub fn line_chart(c: &LineChart) -> String {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
             (a.min(x), b.max(x))
         });
+    let ty = |y: f64| if c.log_y { y.max(1e-12).log10() } else { y };
     let (mut y0, mut y1) = all
         .iter()
-        .map(|p| p.1)
-        .chain(c.hline.as_ref().map(|h| h.0))
+        .map(|p| ty(p.1))
+        .chain(c.hline.as_ref().map(|h| ty(h.0)))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
             (a.min(y), b.max(y))
         });
@@ -92,13 +95,20 @@ pub fn line_chart(c: &LineChart) -> String {
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    y0 = y0.min(0.0);
+    if c.log_y {
+        y0 = y0.floor();
+        y1 = y1.ceil();
+    } else {
+        y0 = y0.min(0.0);
+    }
     if y1 <= y0 {
         y1 = y0 + 1.0;
     }
-    y1 += (y1 - y0) * 0.05;
+    if !c.log_y {
+        y1 += (y1 - y0) * 0.05;
+    }
     let px = |x: f64| l + (tx(x) - x0) / (x1 - x0) * pw;
-    let py = |y: f64| t + ph - (y - y0) / (y1 - y0) * ph;
+    let py = |y: f64| t + ph - (ty(y) - y0) / (y1 - y0) * ph;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -126,7 +136,16 @@ pub fn line_chart(c: &LineChart) -> String {
             fmt_tick(xv)
         );
     }
-    for yv in nice_ticks(y0, y1) {
+    let yticks: Vec<f64> = if c.log_y {
+        // 1, 2, 5 per decade.
+        (y0 as i32..=y1 as i32)
+            .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+            .filter(|v| v.log10() <= y1 + 1e-9)
+            .collect()
+    } else {
+        nice_ticks(y0, y1)
+    };
+    for yv in yticks {
         let y = py(yv);
         let _ = writeln!(
             s,
@@ -306,6 +325,7 @@ mod tests {
             x_label: "kept",
             y_label: "acc",
             log_x: true,
+            log_y: false,
             hline: Some((0.8, "90% of dense".into())),
             series: vec![Series {
                 name: "lrp".into(),
@@ -316,6 +336,25 @@ mod tests {
         let s = line_chart(&c);
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("IOI &lt;test&gt;") && s.contains("<polyline"));
+        // Log y: every point inside the plot area.
+        let ly = line_chart(&LineChart {
+            log_y: true,
+            log_x: false,
+            hline: None,
+            ..c
+        });
+        for cap in ly.split("<circle cx=\"").skip(1) {
+            let y: f64 = cap
+                .split("cy=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((40.0..=385.0).contains(&y), "{y}");
+        }
         let m = heatmap(&HeatMap {
             title: "map",
             rows: vec!["0".into(), "1".into()],

@@ -19,6 +19,7 @@ const KEY: &str = "sparc3_checkpoint";
 /// Per-sample token relevance and start values restored from a checkpoint.
 type Progress = (Vec<Vec<f32>>, Vec<f64>);
 
+#[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub path: PathBuf,
     /// Save every this many samples (0: only when interrupted).

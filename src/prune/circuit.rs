@@ -3,7 +3,7 @@
 //! and a bisection for the smallest fraction whose held-out accuracy stays at or above
 //! `keep_metric` × the dense model's. What survives is the task's circuit.
 
-pub use super::ranking::{pruned, rank, Method as CircuitMethod, Ranking, Selection};
+pub use super::ranking::{pruned, rank, AttrRun, Method as CircuitMethod, Ranking, Selection};
 use crate::eval::task::{self, TaskMetrics};
 use crate::lrp::Target;
 use crate::model::DecoderModel;
@@ -12,6 +12,7 @@ use anyhow::Result;
 
 /// Rank components for a task: relevance explains each attribution prompt's
 /// `logit(target) − logit(foil)`.
+#[allow(clippy::too_many_arguments)]
 pub fn rank_task(
     model: &DecoderModel,
     prompts: &[TaskPrompt],
@@ -19,6 +20,7 @@ pub fn rank_task(
     granularity: super::structured::Granularity,
     scope: super::mask::Scope,
     selected: &dyn Fn(&str) -> bool,
+    run: &AttrRun,
     progress: impl FnMut(usize, usize),
 ) -> Result<Ranking> {
     let samples: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
@@ -33,6 +35,7 @@ pub fn rank_task(
         granularity,
         scope,
         selected,
+        run,
         progress,
     )
 }

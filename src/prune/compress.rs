@@ -69,6 +69,8 @@ pub struct CompressJob<'a> {
     pub resume: bool,
     /// Run past the memory guard.
     pub force_memory: bool,
+    /// Scores already computed by `scores_of` (a sweep reuses one attribution for every ratio).
+    pub precomputed: Option<&'a HashMap<String, Vec<f32>>>,
 }
 
 pub struct CompressResult {
@@ -182,7 +184,59 @@ fn choose(
             seconds_scores: start.elapsed().as_secs_f64(),
         });
     }
-    let score: HashMap<String, Vec<f32>> = match job.method {
+    let owned;
+    let score = match job.precomputed {
+        Some(s) => s,
+        None => {
+            owned = scores_of(model, job, selected, progress)?;
+            &owned
+        }
+    };
+    let seconds_scores = start.elapsed().as_secs_f64();
+    let mut masks = HashMap::new();
+    if job.scope == Scope::Global && job.pattern == Pattern::Unstructured {
+        let names: Vec<String> = model
+            .linears()
+            .iter()
+            .filter(|l| selected(&l.name))
+            .map(|l| l.name.clone())
+            .collect();
+        let slices: Vec<&[f32]> = names.iter().map(|n| score[n].as_slice()).collect();
+        for (n, m) in names.iter().zip(mask::global_masks(&slices, job.ratio)) {
+            masks.insert(n.clone(), m);
+        }
+    } else {
+        for l in model.linears() {
+            if !selected(&l.name) {
+                continue;
+            }
+            let (o, i) = l.weight.dims2()?;
+            masks.insert(
+                l.name.clone(),
+                mask::layer_mask(&score[&l.name], [o, i], job.ratio, job.scope, job.pattern)?,
+            );
+        }
+    }
+    for l in model.linears_mut() {
+        if let Some(m) = masks.get(&l.name) {
+            l.weight = apply_mask(&l.weight, m)?;
+        }
+    }
+    Ok(CompressResult {
+        masks,
+        seconds_scores,
+    })
+}
+
+/// Per-weight scores of the selected layers for the score-based methods (magnitude, LRP,
+/// gradient; Wanda and SparseGPT score block by block while they prune).
+pub fn scores_of(
+    model: &DecoderModel,
+    job: &CompressJob,
+    selected: &dyn Fn(&str) -> bool,
+    progress: &mut impl FnMut(&str, usize, usize),
+) -> Result<HashMap<String, Vec<f32>>> {
+    Ok(match job.method {
         Method::Magnitude => model
             .linears()
             .into_iter()
@@ -231,41 +285,9 @@ fn choose(
                 acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
             }
         },
-        Method::Wanda | Method::SparseGpt => unreachable!(),
-    };
-    let seconds_scores = start.elapsed().as_secs_f64();
-    let mut masks = HashMap::new();
-    if job.scope == Scope::Global && job.pattern == Pattern::Unstructured {
-        let names: Vec<String> = model
-            .linears()
-            .iter()
-            .filter(|l| selected(&l.name))
-            .map(|l| l.name.clone())
-            .collect();
-        let slices: Vec<&[f32]> = names.iter().map(|n| score[n].as_slice()).collect();
-        for (n, m) in names.iter().zip(mask::global_masks(&slices, job.ratio)) {
-            masks.insert(n.clone(), m);
+        Method::Wanda | Method::SparseGpt => {
+            anyhow::bail!("{} scores while it prunes", job.method.name())
         }
-    } else {
-        for l in model.linears() {
-            if !selected(&l.name) {
-                continue;
-            }
-            let (o, i) = l.weight.dims2()?;
-            masks.insert(
-                l.name.clone(),
-                mask::layer_mask(&score[&l.name], [o, i], job.ratio, job.scope, job.pattern)?,
-            );
-        }
-    }
-    for l in model.linears_mut() {
-        if let Some(m) = masks.get(&l.name) {
-            l.weight = apply_mask(&l.weight, m)?;
-        }
-    }
-    Ok(CompressResult {
-        masks,
-        seconds_scores,
     })
 }
 

@@ -3,23 +3,27 @@
 //! scale, and remove the components that matter to the undesired behaviour but not to general
 //! text.
 
-use super::ranking::{rank, Method, Ranking};
+use super::ranking::{rank, AttrRun, Method, Ranking};
 use super::structured::Granularity;
 use crate::lrp::Target;
 use crate::model::DecoderModel;
 use anyhow::Result;
 
-/// `undesired`: `prompt ++ continuation` with the prompt length; `general`: text windows.
+/// Score the selected components on both sets (one attribution each, `runs`: undesired,
+/// general): `(general, undesired)`,
+/// to be contrasted by `Ranking::contrast` with any criterion. `undesired`: `prompt ++
+/// continuation` with the prompt length; `general`: text windows.
 #[allow(clippy::too_many_arguments)]
-pub fn rank_contrast(
+pub fn rank_sets(
     model: &DecoderModel,
     method: Method,
     granularity: Granularity,
     undesired: &[(Vec<u32>, usize)],
     general: &[Vec<u32>],
     selected: &dyn Fn(&str) -> bool,
+    runs: [&AttrRun; 2],
     mut progress: impl FnMut(&str, usize, usize),
-) -> Result<Ranking> {
+) -> Result<(Ranking, Ranking)> {
     let scope = super::mask::Scope::Global;
     let u_ids: Vec<Vec<u32>> = undesired.iter().map(|u| u.0.clone()).collect();
     let u = rank(
@@ -32,6 +36,7 @@ pub fn rank_contrast(
         granularity,
         scope,
         selected,
+        runs[0],
         |i, n| progress("undesired", i, n),
     )?;
     let g = rank(
@@ -42,9 +47,10 @@ pub fn rank_contrast(
         granularity,
         scope,
         selected,
+        runs[1],
         |i, n| progress("general", i, n),
     )?;
-    Ranking::contrast(g, u)
+    Ok((g, u))
 }
 
 /// `prompt ++ continuation` with the prompt length for every record; records without a

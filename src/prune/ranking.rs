@@ -42,6 +42,7 @@ impl Method {
 }
 
 /// Components in removal order.
+#[derive(Clone)]
 pub enum Ranking {
     /// Per-weight scores of the selected layers: `(name, [out, in], scores)`.
     Weights {
@@ -155,11 +156,14 @@ impl Ranking {
         }
     }
 
-    /// The correction criterion (METHOD.md §3): `R̄_general/ΣR̄_general − R̄_undesired/ΣR̄_undesired`
-    /// per component, each set normalised by its total so the two are on one scale; the lowest
-    /// (relevant to the undesired behaviour, not to general text) are removed first. Always
-    /// one global order.
-    pub fn contrast(mut general: Ranking, mut undesired: Ranking) -> Result<Ranking> {
+    /// Contrast two rankings for correction (METHOD.md §3): each set's scores are normalised by
+    /// their total (shares `g`, `u`) so the two are on one scale, then combined by `criterion`
+    /// into one global order whose lowest components go first. Always one global order.
+    pub fn contrast(
+        mut general: Ranking,
+        mut undesired: Ranking,
+        criterion: Criterion,
+    ) -> Result<Ranking> {
         let total = |r: &mut Ranking| -> f64 {
             r.scores_mut()
                 .iter()
@@ -173,6 +177,9 @@ impl Ranking {
                 "no relevance reached the scored components (totals {tg}, {tu})"
             );
         }
+        // Ratio smoothing: a tenth of the mean share, so components that are negligible on both
+        // sets do not rank as "specific" through noise.
+        let delta = 0.1 / general.components().max(1) as f64;
         {
             let u = undesired.scores_mut();
             let g = general.scores_mut();
@@ -181,7 +188,11 @@ impl Ranking {
             }
             for (gs, us) in g.into_iter().zip(u) {
                 for (a, b) in gs.iter_mut().zip(us.iter()) {
-                    *a = (*a as f64 / tg - *b as f64 / tu) as f32;
+                    let (sg, su) = (*a as f64 / tg, *b as f64 / tu);
+                    *a = match criterion {
+                        Criterion::Difference => (sg - su) as f32,
+                        Criterion::Ratio => (-su / (sg + delta)) as f32,
+                    };
                 }
             }
         }
@@ -189,6 +200,26 @@ impl Ranking {
             *scope = Scope::Global;
         }
         Ok(general)
+    }
+}
+
+/// How correction combines the general share `g` and the undesired share `u` of a component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// `g − u`, lowest first (the paper's): favours components with a large absolute share of
+    /// the undesired relevance, which on some models are the ones general text needs most.
+    Difference,
+    /// `u / (g + δ)`, highest first: how specific a component is to the undesired set.
+    Ratio,
+}
+
+impl Criterion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Criterion::Difference => "difference",
+            Criterion::Ratio => "ratio",
+        }
     }
 }
 
@@ -203,6 +234,15 @@ pub fn pruned(model: &DecoderModel, masks: &HashMap<String, Vec<bool>>) -> Resul
     Ok(m)
 }
 
+/// How a job's attribution runs: checkpoints (`--checkpoint-every`, `--resume`) and the memory
+/// guard (`--force`).
+#[derive(Clone, Debug, Default)]
+pub struct AttrRun {
+    pub checkpoint: Option<lrp::checkpoint::Checkpoint>,
+    pub resume: bool,
+    pub force_memory: bool,
+}
+
 /// Rank the selected components by `method` over `samples` (one attribution; `target` says
 /// what relevance explains for each sample).
 #[allow(clippy::too_many_arguments)]
@@ -214,6 +254,7 @@ pub fn rank(
     granularity: Granularity,
     scope: Scope,
     selected: &dyn Fn(&str) -> bool,
+    run: &AttrRun,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Ranking> {
     let n = samples.len();
@@ -232,13 +273,17 @@ pub fn rank(
             // Units need only the relevance reaching them, not every weight's.
             acc.per_weight = granularity == Granularity::Weight;
             let t = samples.iter().map(|s| s.len()).max().unwrap_or(1);
-            lrp::run_samples(
+            let mode = lrp::auto_mode(model, t);
+            lrp::check_memory(model, t, mode, acc.per_weight, run.force_memory)?;
+            lrp::checkpoint::run_samples_resumable(
                 model,
                 samples,
                 target,
                 rule,
-                lrp::auto_mode(model, t),
+                mode,
                 &mut acc,
+                run.checkpoint.as_ref(),
+                run.resume,
                 |i| progress(i, n),
             )?;
             Src::Rel(acc)
@@ -293,4 +338,60 @@ pub fn rank(
         fail!(Usage, "--layers matches none of the model's linear layers");
     }
     Ok(Ranking::Weights { scope, layers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(scores: Vec<Vec<f32>>) -> Ranking {
+        let groups = scores
+            .iter()
+            .enumerate()
+            .map(|(b, s)| UnitGroup {
+                block: b,
+                count: s.len(),
+                rows: vec![],
+                cols: (format!("b{b}"), 1),
+                kv: None,
+            })
+            .collect();
+        Ranking::Units { groups, scores }
+    }
+
+    fn order(r: &Ranking) -> Vec<(usize, usize)> {
+        let Ranking::Units { scores, .. } = r else {
+            unreachable!()
+        };
+        let mut all: Vec<(f32, usize, usize)> = scores
+            .iter()
+            .enumerate()
+            .flat_map(|(g, s)| s.iter().enumerate().map(move |(u, &x)| (x, g, u)))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        all.into_iter().map(|(_, g, u)| (g, u)).collect()
+    }
+
+    #[test]
+    fn criteria_order_components_as_documented() {
+        // Shares (general, undesired): a big component used by both sets (0.5, 0.6), a
+        // specific one (0.01, 0.2), a general-only one (0.29, 0.0), a dead one (0, 0), and
+        // a half-specific one (0.2, 0.2).
+        let g = units(vec![vec![0.5, 0.01, 0.29], vec![0.0, 0.2]]);
+        let u = units(vec![vec![0.6, 0.2, 0.0], vec![0.0, 0.2]]);
+        // Difference: g − u = −0.1, −0.19, 0.29, 0, 0 → specific, big, (dead, half), general.
+        let d = Ranking::contrast(g.clone(), u.clone(), Criterion::Difference).unwrap();
+        let od = order(&d);
+        assert_eq!((&od[..2], od[4]), (&[(0, 1), (0, 0)][..], (0, 2)));
+        // Ratio: u/(g+δ), δ = 0.1/5 = 0.02: 1.15, 6.67, 0, 0, 0.91 → specific, big, half.
+        let r = Ranking::contrast(g.clone(), u.clone(), Criterion::Ratio).unwrap();
+        assert_eq!(&order(&r)[..3], &[(0, 1), (0, 0), (1, 1)]);
+        // Totals are normalised: scaling one set changes nothing.
+        let u10 = units(vec![vec![6.0, 2.0, 0.0], vec![0.0, 2.0]]);
+        let r10 = Ranking::contrast(g, u10, Criterion::Ratio).unwrap();
+        assert_eq!(order(&r10), order(&r));
+        // Nothing reached the components: a clear error.
+        let z = units(vec![vec![0.0, 0.0]]);
+        assert!(Ranking::contrast(z.clone(), z, Criterion::Ratio).is_err());
+    }
 }
