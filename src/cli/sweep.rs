@@ -91,7 +91,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         .flatten()
         .cloned()
         .collect();
-    crate::io::check_output(&a.out, a.force, &inputs)?;
+    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &inputs)?;
     let relevance = match &a.scores {
         Some(p) => Some(RelevanceFile::read(p)?),
         None => None,

@@ -93,7 +93,7 @@ pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf
     if !parent.is_dir() {
         fail!(Output, "directory {} does not exist", parent.display());
     }
-    Ok(())
+    super::probe_writable(&parent)
 }
 
 fn parent(p: &Path) -> PathBuf {

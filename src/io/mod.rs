@@ -44,7 +44,20 @@ pub fn check_output(out: &Path, force: bool, inputs: &[PathBuf]) -> Result<()> {
     if !parent.is_dir() {
         fail!(Output, "directory {} does not exist", parent.display());
     }
-    Ok(())
+    probe_writable(&parent)
+}
+
+/// Fail now, not after hours of work, when nothing can be created in `dir` (read-only file
+/// system, permissions): create and remove a probe file there.
+pub fn probe_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".sparc3-probe-{}.tmp", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => fail!(Output, "cannot write in directory {}: {e}", dir.display()),
+    }
 }
 
 fn parent_dir(p: &Path) -> PathBuf {

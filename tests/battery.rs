@@ -1,0 +1,590 @@
+//! The bad-input battery: every subcommand against every kind of damaged model, damaged data
+//! file and unwritable output. Each case must exit with a documented failure code (never 0,
+//! never a panic's 101), print exactly one `error:` line on stderr naming the problem and nothing
+//! on stdout, leave no output or temporary file behind, and leave every input byte-identical.
+//! (Unreadable-permission cases are not here: the test user may be root, which reads anything.)
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{run_bin, Run};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A sandbox: `model/` (a copy of tiny-random-llama), `text.txt`, `task.jsonl`, `toxic.jsonl`.
+struct Sandbox {
+    tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        common::copy_model("tiny-random-llama", &tmp.path().join("model"));
+        let text = std::fs::read_to_string(common::data("demo-corpus/valid.txt")).unwrap();
+        let cut: String = text.chars().take(6000).collect();
+        std::fs::write(tmp.path().join("text.txt"), cut).unwrap();
+        let task: String = (0..8)
+            .map(|i| {
+                // One-token words of this 512-token vocabulary.
+                format!("{{\"prompt\":\"The cat and the dog {i}: it went to\",\"target\":\" the\",\"foil\":\" a\"}}\n")
+            })
+            .collect();
+        std::fs::write(tmp.path().join("task.jsonl"), task).unwrap();
+        let rtp = std::fs::read_to_string(common::data("toxicity/rtp_decodingtrust_toxic.jsonl"))
+            .unwrap();
+        let lines: Vec<&str> = rtp.lines().take(8).collect();
+        std::fs::write(tmp.path().join("toxic.jsonl"), lines.join("\n") + "\n").unwrap();
+        Self { tmp }
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_string_lossy().into_owned()
+    }
+    /// Everything under the sandbox (name → bytes; directories and links by name).
+    fn snapshot(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+            let mut es: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .collect();
+            es.sort_by_key(|e| e.file_name());
+            for e in es {
+                let p = e.path();
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                let ft = e.file_type().unwrap();
+                if ft.is_symlink() {
+                    out.push((rel, None));
+                } else if ft.is_dir() {
+                    out.push((rel.clone() + "/", None));
+                    walk(&p, base, out);
+                } else {
+                    out.push((rel, Some(std::fs::read(&p).unwrap())));
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(self.tmp.path(), self.tmp.path(), &mut v);
+        v
+    }
+}
+
+/// Every subcommand with valid small arguments; `model`, `data` and `out` are substituted.
+/// `data` is the command's main data file (text, calibration, task, undesired set).
+fn commands() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "eval",
+            vec![
+                "eval",
+                "--model",
+                "{model}",
+                "--text",
+                "{data}",
+                "--seq-len",
+                "32",
+                "--max-windows",
+                "2",
+            ],
+        ),
+        ("info", vec!["info", "--model", "{model}"]),
+        (
+            "attribute",
+            vec![
+                "attribute",
+                "--model",
+                "{model}",
+                "--data",
+                "{data}",
+                "--samples",
+                "2",
+                "--seq-len",
+                "32",
+                "--out",
+                "{out}",
+            ],
+        ),
+        (
+            "compress",
+            vec![
+                "compress",
+                "--model",
+                "{model}",
+                "--calib",
+                "{data}",
+                "--samples",
+                "2",
+                "--seq-len",
+                "32",
+                "--out",
+                "{out}",
+            ],
+        ),
+        (
+            "sweep",
+            vec![
+                "sweep",
+                "--model",
+                "{model}",
+                "--methods",
+                "lrp,magnitude",
+                "--ratios",
+                "0.5",
+                "--calib",
+                "{data}",
+                "--samples",
+                "2",
+                "--seq-len",
+                "32",
+                "--eval",
+                "{text}",
+                "--eval-windows",
+                "1",
+                "--eval-seq-len",
+                "32",
+                "--out",
+                "{out}",
+            ],
+        ),
+        (
+            "circuit",
+            vec![
+                "circuit",
+                "--model",
+                "{model}",
+                "--task",
+                "{data}",
+                "--samples",
+                "4",
+                "--eval-samples",
+                "4",
+                "--out",
+                "{out}",
+            ],
+        ),
+        (
+            "correct",
+            vec![
+                "correct",
+                "--model",
+                "{model}",
+                "--toxic-set",
+                "{data}",
+                "--general-set",
+                "{text}",
+                "--general-samples",
+                "2",
+                "--seq-len",
+                "32",
+                "--count",
+                "1",
+                "--k",
+                "1",
+                "--new-tokens",
+                "2",
+                "--eval",
+                "{text}",
+                "--eval-windows",
+                "1",
+                "--eval-seq-len",
+                "32",
+                "--out",
+                "{out}",
+            ],
+        ),
+    ]
+}
+
+fn default_data(cmd: &str) -> &'static str {
+    match cmd {
+        "circuit" => "task.jsonl",
+        "correct" => "toxic.jsonl",
+        _ => "text.txt",
+    }
+}
+
+fn has_out(args: &[&str]) -> bool {
+    args.contains(&"{out}")
+}
+
+/// Run `cmd` in `sb` with substitutions.
+fn run_cmd(sb: &Sandbox, args: &[&str], model: &str, data: &str, out: &str) -> Run {
+    let text = sb.s("text.txt");
+    let a: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            "{model}" => model.to_string(),
+            "{data}" => data.to_string(),
+            "{out}" => out.to_string(),
+            "{text}" => text.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let r: Vec<&str> = a.iter().map(String::as_str).collect();
+    run_bin(&r)
+}
+
+/// The failure contract, for one case.
+fn assert_clean_failure(what: &str, r: &Run, needles: &[&str]) {
+    assert!(
+        matches!(r.code, Some(2..=5)),
+        "{what}: exit {:?} (want a documented failure code 2–5); stderr: {}",
+        r.code,
+        r.stderr
+    );
+    assert!(
+        r.stdout.is_empty(),
+        "{what}: stdout not empty: {}",
+        r.stdout
+    );
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: stderr should be one line: {:?}",
+        r.stderr
+    );
+    assert!(lines[0].starts_with("error: "), "{what}: {:?}", lines[0]);
+    println!("{what}: exit {:?}: {}", r.code, lines[0]);
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{what}: stderr should mention {n:?}: {}",
+            lines[0]
+        );
+    }
+}
+
+/// Run every subcommand (or those that read a data file when `data_case`) against a damage made
+/// by `damage` in a fresh sandbox; check the contract. Returns the number of cases run.
+fn battery(
+    label: &str,
+    damage: impl Fn(&Sandbox) -> (String, Option<String>),
+    needles: &dyn Fn(&Sandbox) -> Vec<String>,
+    only: &[&str],
+) -> usize {
+    let mut n = 0;
+    for (cmd, args) in commands() {
+        if !only.is_empty() && !only.contains(&cmd) {
+            continue;
+        }
+        let sb = Sandbox::new();
+        let (model, data) = damage(&sb);
+        let data = data.unwrap_or_else(|| sb.s(default_data(cmd)));
+        let out = sb.s("out");
+        let before = sb.snapshot();
+        let r = run_cmd(&sb, &args, &model, &data, &out);
+        let nd = needles(&sb);
+        let nd: Vec<&str> = nd.iter().map(String::as_str).collect();
+        assert_clean_failure(&format!("{label} / {cmd}"), &r, &nd);
+        assert_eq!(
+            sb.snapshot(),
+            before,
+            "{label} / {cmd}: the sandbox changed"
+        );
+        assert!(!sb.p("out").exists(), "{label} / {cmd}: output left behind");
+        n += 1;
+    }
+    n
+}
+
+fn model_of(sb: &Sandbox) -> String {
+    sb.s("model")
+}
+
+fn edit_config(sb: &Sandbox, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let p = sb.p("model/config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// Split a safetensors file into (header JSON text, data).
+fn st_parts(p: &Path) -> (String, Vec<u8>) {
+    let b = std::fs::read(p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    (
+        String::from_utf8(b[8..8 + n].to_vec()).unwrap(),
+        b[8 + n..].to_vec(),
+    )
+}
+
+fn st_write(p: &Path, header: &str, data: &[u8]) {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(data);
+    std::fs::write(p, b).unwrap();
+}
+
+/// The first tensor (by name order) of the model's header, with its entry.
+fn first_tensor(header: &str) -> (String, serde_json::Value) {
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).unwrap();
+    v.into_iter().find(|(k, _)| k != "__metadata__").unwrap()
+}
+
+/// The baseline of every case: the undamaged sandbox runs every subcommand.
+#[test]
+fn intact_sandbox_runs_every_subcommand() {
+    for (cmd, args) in commands() {
+        let sb = Sandbox::new();
+        let r = run_cmd(
+            &sb,
+            &args,
+            &model_of(&sb),
+            &sb.s(default_data(cmd)),
+            &sb.s("out"),
+        );
+        assert_eq!(r.code, Some(0), "{cmd}: {}", r.stderr);
+        assert_eq!(has_out(&args), sb.p("out").exists(), "{cmd}");
+    }
+}
+
+#[test]
+fn damaged_models_fail_cleanly_in_every_subcommand() {
+    let mut cases = 0;
+    let needle = |s: &'static str| move |_: &Sandbox| vec![s.to_string()];
+    cases += battery(
+        "missing config.json",
+        |sb| {
+            std::fs::remove_file(sb.p("model/config.json")).unwrap();
+            (model_of(sb), None)
+        },
+        &needle("config.json"),
+        &[],
+    );
+    for (key, val) in [
+        ("hidden_size", serde_json::json!(0)),
+        ("num_hidden_layers", serde_json::json!(-2)),
+        ("intermediate_size", serde_json::json!("NaN")),
+        ("vocab_size", serde_json::json!(1e300)),
+    ] {
+        cases += battery(
+            &format!("config {key} = {val}"),
+            |sb| {
+                edit_config(sb, |c| {
+                    c.insert(key.into(), val.clone());
+                });
+                (model_of(sb), None)
+            },
+            &move |_: &Sandbox| vec![key.to_string()],
+            &[],
+        );
+    }
+    cases += battery(
+        "weights with NaN",
+        |sb| {
+            let p = sb.p("model/model.safetensors");
+            let mut t: HashMap<String, Tensor> =
+                candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+            let name = "model.layers.1.mlp.up_proj.weight";
+            let w = &t[name];
+            let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[3] = f32::NAN;
+            let nw = Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap();
+            t.insert(name.into(), nw);
+            candle_core::safetensors::save(&t, &p).unwrap();
+            (model_of(sb), None)
+        },
+        &needle("model.layers.1.mlp.up_proj"),
+        &[],
+    );
+    cases += battery(
+        "header lies about offsets",
+        |sb| {
+            let p = sb.p("model/model.safetensors");
+            let (h, d) = st_parts(&p);
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&h).unwrap();
+            let (name, _) = first_tensor(&h);
+            let off = v[&name]["data_offsets"][1].as_u64().unwrap();
+            v.get_mut(&name).unwrap()["data_offsets"][1] = (off + 8).into();
+            st_write(&p, &serde_json::to_string(&v).unwrap(), &d);
+            (model_of(sb), None)
+        },
+        &needle("model.safetensors"),
+        &[],
+    );
+    cases += battery(
+        "absurd header length",
+        |sb| {
+            let p = sb.p("model/model.safetensors");
+            let mut b = std::fs::read(&p).unwrap();
+            b[..8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
+            std::fs::write(&p, b).unwrap();
+            (model_of(sb), None)
+        },
+        &needle("model.safetensors"),
+        &[],
+    );
+    cases += battery(
+        "duplicate tensor names",
+        |sb| {
+            let p = sb.p("model/model.safetensors");
+            let (h, d) = st_parts(&p);
+            let (name, entry) = first_tensor(&h);
+            let dup = format!("{{\"{name}\":{},{}", entry, &h[1..]);
+            st_write(&p, &dup, &d);
+            (model_of(sb), None)
+        },
+        &needle("twice"),
+        &[],
+    );
+    cases += battery(
+        "config.json is a directory",
+        |sb| {
+            std::fs::remove_file(sb.p("model/config.json")).unwrap();
+            std::fs::create_dir(sb.p("model/config.json")).unwrap();
+            (model_of(sb), None)
+        },
+        &needle("config.json"),
+        &[],
+    );
+    cases += battery(
+        "model is a symlink loop",
+        |sb| {
+            std::os::unix::fs::symlink(sb.p("loop"), sb.p("loop")).unwrap();
+            (sb.s("loop"), None)
+        },
+        &needle("loop"),
+        &[],
+    );
+    cases += battery(
+        "model is a plain file, not a model",
+        |sb| (sb.s("text.txt"), None),
+        &needle("text.txt"),
+        &[],
+    );
+    println!("damaged-model cases: {cases}");
+    assert_eq!(cases, 7 * 12);
+}
+
+#[test]
+fn damaged_data_files_fail_cleanly_in_every_subcommand_that_reads_one() {
+    let readers = [
+        "eval",
+        "attribute",
+        "compress",
+        "sweep",
+        "circuit",
+        "correct",
+    ];
+    let mut cases = 0;
+    let named = |name: &'static str| move |sb: &Sandbox| vec![sb.s(name)];
+    cases += battery(
+        "data file missing",
+        |sb| (model_of(sb), Some(sb.s("nope.txt"))),
+        &named("nope.txt"),
+        &readers,
+    );
+    cases += battery(
+        "data file is a directory",
+        |sb| {
+            std::fs::create_dir(sb.p("dir")).unwrap();
+            (model_of(sb), Some(sb.s("dir")))
+        },
+        &named("dir"),
+        &readers,
+    );
+    cases += battery(
+        "data is not UTF-8",
+        |sb| {
+            std::fs::write(sb.p("bad.txt"), b"text \xff\xfe with invalid bytes\n").unwrap();
+            (model_of(sb), Some(sb.s("bad.txt")))
+        },
+        &named("bad.txt"),
+        &readers,
+    );
+    cases += battery(
+        "JSONL with a broken line",
+        |sb| {
+            let good = std::fs::read_to_string(sb.p("toxic.jsonl")).unwrap();
+            let mut lines: Vec<String> = good.lines().take(3).map(str::to_string).collect();
+            lines.push("{\"prompt\": \"unterminated".into());
+            std::fs::write(sb.p("broken.jsonl"), lines.join("\n") + "\n").unwrap();
+            (model_of(sb), Some(sb.s("broken.jsonl")))
+        },
+        &|sb: &Sandbox| vec![sb.s("broken.jsonl"), "line 4".into()],
+        &readers,
+    );
+    cases += battery(
+        "data is a symlink loop",
+        |sb| {
+            std::os::unix::fs::symlink(sb.p("dloop"), sb.p("dloop")).unwrap();
+            (model_of(sb), Some(sb.s("dloop")))
+        },
+        &named("dloop"),
+        &readers,
+    );
+    cases += battery(
+        "data file is empty",
+        |sb| {
+            std::fs::write(sb.p("empty.txt"), b"").unwrap();
+            (model_of(sb), Some(sb.s("empty.txt")))
+        },
+        &named("empty.txt"),
+        &readers,
+    );
+    println!("damaged-data cases: {cases}");
+    assert_eq!(cases, 6 * 6);
+}
+
+#[test]
+fn unwritable_or_occupied_outputs_fail_cleanly_in_every_subcommand_that_writes() {
+    let mut cases = 0;
+    for (cmd, args) in commands() {
+        if !has_out(&args) {
+            continue;
+        }
+        // A read-only file system (even root cannot create files in /proc), and a parent
+        // directory that does not exist.
+        for (what, out) in [
+            ("read-only output", "/proc/sparc3-battery-out"),
+            ("missing parent", "/nonexistent-sparc3/out"),
+        ] {
+            let sb = Sandbox::new();
+            let before = sb.snapshot();
+            let r = run_cmd(&sb, &args, &model_of(&sb), &sb.s(default_data(cmd)), out);
+            let parent = Path::new(out)
+                .parent()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert_clean_failure(&format!("{what} / {cmd}"), &r, &[&parent]);
+            assert_eq!(sb.snapshot(), before);
+            assert!(!Path::new(out).exists());
+            cases += 1;
+        }
+        // An existing output without --force is refused and left as it was.
+        let sb = Sandbox::new();
+        std::fs::write(sb.p("out"), b"precious").unwrap();
+        let before = sb.snapshot();
+        let r = run_cmd(
+            &sb,
+            &args,
+            &model_of(&sb),
+            &sb.s(default_data(cmd)),
+            &sb.s("out"),
+        );
+        assert_clean_failure(&format!("existing output / {cmd}"), &r, &["--force"]);
+        assert_eq!(sb.snapshot(), before);
+        cases += 1;
+        // The output is the model directory itself, even with --force.
+        let sb = Sandbox::new();
+        let before = sb.snapshot();
+        let mut a = args.clone();
+        a.push("--force");
+        let r = run_cmd(
+            &sb,
+            &a,
+            &model_of(&sb),
+            &sb.s(default_data(cmd)),
+            &sb.s("model"),
+        );
+        assert_clean_failure(&format!("output = model / {cmd}"), &r, &[]);
+        assert_eq!(sb.snapshot(), before);
+        cases += 1;
+    }
+    println!("output cases: {cases}");
+    assert_eq!(cases, 5 * 4);
+}
