@@ -239,6 +239,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         "methods": per_method,
         "examples": tasks.evaluation.iter().take(3).collect::<Vec<_>>(),
         "seconds": seconds,
+        "peak_rss_bytes": crate::util::peak_rss(),
         "sparc3_version": env!("CARGO_PKG_VERSION"),
     });
     let curve_svg = svg::line_chart(&svg::LineChart {

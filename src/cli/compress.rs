@@ -382,6 +382,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "ppl_after": after.as_ref().map(|b| b.ppl),
         "seconds_scores": res.seconds_scores,
         "seconds_prune": prune_seconds,
+        "peak_rss_bytes": crate::util::peak_rss(),
         "sparc3_version": env!("CARGO_PKG_VERSION"),
     });
     let mut files = vec![(

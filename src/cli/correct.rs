@@ -462,6 +462,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "sweeps": sweeps.iter().map(|s| json!({"method": s.method.name(), "criterion": s.criterion.name(), "points": s.points, "seconds": s.seconds})).collect::<Vec<_>>(),
         "written": {"method": cm.name(), "criterion": ccrit.name(), "count": cc, "rule": format!("lowest flagged-sample rate with perplexity within +{:.1}% (first method and criterion)", a.max_ppl_rise * 100.0)},
         "seconds": seconds,
+        "peak_rss_bytes": crate::util::peak_rss(),
     });
     let chart = svg::line_chart(&svg::LineChart {
         title: "Undesired behaviour against general perplexity",

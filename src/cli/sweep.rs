@@ -192,6 +192,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             "points": p,
         })).collect::<Vec<_>>(),
         "seconds": seconds,
+        "peak_rss_bytes": crate::util::peak_rss(),
         "sparc3_version": env!("CARGO_PKG_VERSION"),
     });
     let chart = svg::line_chart(&svg::LineChart {
