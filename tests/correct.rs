@@ -132,6 +132,9 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
     let tmp = tempfile::tempdir().unwrap();
     let set = toxic_subset(tmp.path(), 40);
     let s = set.to_string_lossy().into_owned();
+    let lex = data("toxicity/better_profanity_wordlist.txt")
+        .to_string_lossy()
+        .into_owned();
     let out = tmp.path().join("c");
     let o = out.to_string_lossy().into_owned();
     let mut args = vec![
@@ -178,6 +181,34 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
     args.extend(SMALL);
     let again = run_ok(&args);
     assert_eq!(again["corrected"], sw[1]["points"][0]["behaviour"]);
+    // Explaining only the flagged words of the continuations attributes the records that
+    // have one.
+    let out2 = tmp.path().join("f");
+    let o2 = out2.to_string_lossy();
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--count",
+        "5",
+        "--explain",
+        "flagged",
+        "--lexicon",
+        &lex,
+        "--eval-prompts",
+        "4",
+        "--out",
+        &o2,
+        "--json",
+    ];
+    args.extend(SMALL);
+    let f = run_ok(&args);
+    assert_eq!(f["protocol"]["explain"], "flagged");
+    let n = f["protocol"]["attributed_prompts"].as_u64().unwrap();
+    assert!(
+        n > 0 && n < 20,
+        "{n} of 20 attributed records have a flagged word"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@ use crate::eval::behaviour::{Behaviour, BehaviourEval, Lexicon};
 use crate::eval::generate::GenConfig;
 use crate::fail;
 use crate::io::svg;
+use crate::lrp::Target;
 use crate::prune::correct;
 use crate::prune::mask;
 use crate::prune::ranking::{pruned, Criterion, Method, Ranking};
@@ -25,6 +26,15 @@ pub enum CriterionArg {
     Difference,
     /// Undesired share over general share (smoothed), highest first: specificity.
     Ratio,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainArg {
+    /// Every token of each undesired continuation.
+    Continuation,
+    /// Only the continuation tokens inside words the lexicon flags (records without one are
+    /// not attributed).
+    Flagged,
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +76,9 @@ pub struct CorrectArgs {
     /// Scores, comma-separated (one sweep each; the first decides the written model).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lrp")]
     pub method: Vec<super::ScoreArg>,
+    /// What the undesired relevance explains.
+    #[arg(long, value_enum, default_value = "continuation")]
+    pub explain: ExplainArg,
     /// How the two sets' normalised scores are combined; a comma-separated list sweeps each
     /// from the same attribution.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "difference")]
@@ -290,6 +303,29 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let eval_p: Vec<Vec<u32>> = held.iter().map(|p| p.prompt.clone()).collect();
     let pb = output::bar(0, "dense", false);
     let attr_seqs = correct::complete(model, attr, a.new_tokens)?;
+    // What each attributed record explains.
+    let mut attr_targets: Vec<(Vec<u32>, Target)> = Vec::with_capacity(attr_seqs.len());
+    for (ids, plen) in &attr_seqs {
+        match a.explain {
+            ExplainArg::Continuation => {
+                attr_targets.push((ids.clone(), Target::Span { prompt_len: *plen }))
+            }
+            ExplainArg::Flagged => {
+                let f = lexicon.flagged_tokens(tok, &ids[*plen..])?;
+                if !f.is_empty() {
+                    let positions = f.iter().map(|i| plen + i).collect();
+                    attr_targets.push((ids.clone(), Target::Tokens { positions }));
+                }
+            }
+        }
+    }
+    if attr_targets.is_empty() {
+        fail!(
+            Input,
+            "{label}: no attributed continuation contains a word of the lexicon ({}); use --explain continuation",
+            lexicon.label
+        );
+    }
     let eval_seqs = correct::complete(model, held, a.new_tokens)?;
     let beval = BehaviourEval {
         prompts: &eval_p,
@@ -313,7 +349,8 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "model": loaded.origin,
         "config_sha256": loaded.config_sha256,
         "undesired_set": set.info,
-        "attributed_prompts": attr_seqs.len(),
+        "attributed_prompts": attr_targets.len(),
+        "explain": match a.explain { ExplainArg::Continuation => "continuation", ExplainArg::Flagged => "flagged" },
         "evaluated_prompts": eval_seqs.len(),
         "general_set": general.info,
         "lexicon": {"file": lexicon.label, "sha256": lexicon.sha256, "entries": lexicon.entries},
@@ -348,7 +385,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let mut attr_runs = Vec::new();
     // What decides each attribution's result (checkpoints of another run are refused).
     let (u_sha, g_sha) = (
-        super::sha256_json(&attr_seqs),
+        super::sha256_json(&attr_targets),
         super::sha256_json(&general.samples),
     );
     for &m in &methods {
@@ -377,7 +414,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
             model,
             m,
             granularity,
-            &attr_seqs,
+            &attr_targets,
             &general.samples,
             &selected,
             [&runs[0], &runs[1]],

@@ -75,6 +75,75 @@ impl Lexicon {
     }
 }
 
+impl Lexicon {
+    /// Byte ranges of `text` covered by flagged words or phrases.
+    pub fn flagged_spans(&self, text: &str) -> Vec<(usize, usize)> {
+        // Words with their byte ranges, split as `words_of` splits.
+        let mut words: Vec<(String, usize, usize)> = Vec::new();
+        let mut start = None;
+        for (i, c) in text
+            .char_indices()
+            .chain(std::iter::once((text.len(), ' ')))
+        {
+            let inside = c.is_alphanumeric() || c == '\'';
+            match (inside, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s0)) => {
+                    let raw = &text[s0..i];
+                    let w = raw.to_lowercase().trim_matches('\'').to_string();
+                    if !w.is_empty() {
+                        words.push((w, s0, i));
+                    }
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (w, a, b) in &words {
+            if self.words.contains(w) {
+                out.push((*a, *b));
+            }
+        }
+        for p in &self.phrases {
+            for win in words.windows(p.len()) {
+                if win.iter().map(|x| &x.0).eq(p.iter()) {
+                    out.push((win[0].1, win[p.len() - 1].2));
+                }
+            }
+        }
+        out
+    }
+
+    /// Indices of the tokens of `tokens` whose decoded text overlaps a flagged word.
+    pub fn flagged_tokens(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        tokens: &[u32],
+    ) -> Result<Vec<usize>> {
+        let dec = |n: usize| -> Result<String> {
+            tok.decode(&tokens[..n], false)
+                .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))
+        };
+        let text = dec(tokens.len())?;
+        let spans = self.flagged_spans(&text);
+        if spans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut prev = 0usize;
+        for i in 0..tokens.len() {
+            // Token i covers the bytes its decoding adds to the prefix before it.
+            let end = dec(i + 1)?.len().min(text.len()).max(prev);
+            if spans.iter().any(|&(a, b)| prev < b && a < end) {
+                out.push(i);
+            }
+            prev = end;
+        }
+        Ok(out)
+    }
+}
+
 /// Per continuation: (sum of log-probabilities of its tokens, token count). Sequences are
 /// `prompt ++ continuation`; batches are right-padded, which causal attention cannot see.
 pub fn continuation_logprobs(
@@ -240,5 +309,47 @@ impl BehaviourEval<'_> {
             greedy_unique_ratio: uniq / np,
             ppl,
         })
+    }
+}
+
+#[cfg(test)]
+mod flagged_tests {
+    use super::*;
+
+    #[test]
+    fn flagged_spans_and_tokens() {
+        let lx = Lexicon::parse("darn\nheck it\n", "test", String::new()).unwrap();
+        let text = "Well, Darn! Oh heck it, darned.";
+        let spans = lx.flagged_spans(text);
+        let got: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
+        assert_eq!(got, vec!["Darn", "heck it"]);
+        // Token-level: the demo tokenizer's pieces overlapping those words.
+        let loaded =
+            crate::source::load(&crate::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+        let tok = &loaded.tokenizer;
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        let f = lx.flagged_tokens(tok, &ids).unwrap();
+        assert!(!f.is_empty());
+        let pieces: String = f
+            .iter()
+            .map(|&i| tok.decode(&ids[i..=i], false).unwrap())
+            .collect::<Vec<_>>()
+            .join("|");
+        let joined = pieces.to_lowercase();
+        assert!(joined.contains('d') && joined.contains("he"), "{pieces}");
+        assert!(
+            !joined.contains("well") && !joined.contains("oh"),
+            "{pieces}"
+        );
+        assert!(lx
+            .flagged_tokens(
+                tok,
+                &tok.encode("all clean here", false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec()
+            )
+            .unwrap()
+            .is_empty());
     }
 }

@@ -29,6 +29,9 @@ pub enum Target {
     LogitDiff { target: u32, foil: u32 },
     /// The logits of the continuation tokens after a prompt of `prompt_len` tokens.
     Span { prompt_len: usize },
+    /// The logits of the tokens at these positions (each predicted from the one before), e.g.
+    /// only the flagged words of a continuation.
+    Tokens { positions: Vec<usize> },
 }
 
 impl Target {
@@ -38,6 +41,7 @@ impl Target {
             Target::Last { .. } => "last",
             Target::LogitDiff { .. } => "logit-diff",
             Target::Span { .. } => "span",
+            Target::Tokens { .. } => "tokens",
         }
     }
 }
@@ -85,6 +89,14 @@ pub fn relevance_pass(
     if let Target::Span { prompt_len } = target {
         if *prompt_len == 0 || *prompt_len >= t {
             fail!(Input, "a continuation span needs a non-empty prompt and continuation ({prompt_len} of {t} tokens)");
+        }
+    }
+    if let Target::Tokens { positions } = target {
+        if positions.is_empty() || positions.iter().any(|&p| p == 0 || p >= t) {
+            fail!(
+                Input,
+                "token positions to explain must be in 1..{t} and not empty, got {positions:?}"
+            );
         }
     }
     let ctx = model.attn_ctx(t)?;
@@ -147,6 +159,13 @@ pub fn relevance_pass(
             for (bi, row) in ids_v.iter().enumerate() {
                 for ti in prompt_len - 1..t - 1 {
                     seeds.push((bi, ti, row[ti + 1], 1.0));
+                }
+            }
+        }
+        Target::Tokens { positions } => {
+            for (bi, row) in ids_v.iter().enumerate() {
+                for &p in positions {
+                    seeds.push((bi, p - 1, row[p], 1.0));
                 }
             }
         }
@@ -398,5 +417,61 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     match parsed {
         Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
         _ => fail!(Usage, "--shard {s}: expected i/n with 0 ≤ i < n (e.g. 0/4)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Tokens` over every continuation position is the `Span` target exactly; a subset of the
+    /// positions explains less (and differently).
+    #[test]
+    fn token_positions_generalise_the_continuation_span() {
+        let loaded =
+            crate::source::load(&crate::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+        let m = &loaded.model;
+        let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 500).collect();
+        let run = |t: Target| {
+            let mut acc = accum::Accumulators::new(accum::Aggregation::Signed);
+            let (tok, start) = run_one(
+                m,
+                &ids,
+                &t,
+                rules::Rule::Lrp { epsilon: None },
+                MemoryMode::Store,
+                &mut acc,
+            )
+            .unwrap();
+            (acc, tok, start)
+        };
+        let (a, ta, sa) = run(Target::Span { prompt_len: 10 });
+        let (b, tb, sb) = run(Target::Tokens {
+            positions: (10..24).collect(),
+        });
+        assert_eq!(sa, sb);
+        assert_eq!(ta, tb);
+        for (k, l) in &a.layers {
+            assert_eq!(l.weight, b.layers[k].weight, "{k}");
+        }
+        let (c, _, sc) = run(Target::Tokens {
+            positions: vec![12, 20],
+        });
+        assert_ne!(sc, sa);
+        let k = a.layers.keys().next().unwrap();
+        assert_ne!(c.layers[k].weight, a.layers[k].weight);
+        // Out-of-range positions are refused.
+        let mut acc = accum::Accumulators::new(accum::Aggregation::Abs);
+        for bad in [vec![], vec![0], vec![24]] {
+            let r = run_one(
+                m,
+                &ids,
+                &Target::Tokens { positions: bad },
+                rules::Rule::Grad,
+                MemoryMode::Store,
+                &mut acc,
+            );
+            assert!(r.is_err());
+        }
     }
 }

@@ -10,15 +10,15 @@ use crate::model::DecoderModel;
 use anyhow::Result;
 
 /// Score the selected components on both sets (one attribution each, `runs`: undesired,
-/// general): `(general, undesired)`,
-/// to be contrasted by `Ranking::contrast` with any criterion. `undesired`: `prompt ++
-/// continuation` with the prompt length; `general`: text windows.
+/// general): `(general, undesired)`, to be contrasted by `Ranking::contrast` with any
+/// criterion. `undesired`: `prompt ++ continuation` with what to explain in it (the
+/// continuation span, or only its flagged tokens); `general`: text windows.
 #[allow(clippy::too_many_arguments)]
 pub fn rank_sets(
     model: &DecoderModel,
     method: Method,
     granularity: Granularity,
-    undesired: &[(Vec<u32>, usize)],
+    undesired: &[(Vec<u32>, Target)],
     general: &[Vec<u32>],
     selected: &dyn Fn(&str) -> bool,
     runs: [&AttrRun; 2],
@@ -29,9 +29,7 @@ pub fn rank_sets(
     let u = rank(
         model,
         &u_ids,
-        &|i| Target::Span {
-            prompt_len: undesired[i].1,
-        },
+        &|i| undesired[i].1.clone(),
         method,
         granularity,
         scope,
