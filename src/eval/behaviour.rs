@@ -342,13 +342,7 @@ mod flagged_tests {
             "{pieces}"
         );
         assert!(lx
-            .flagged_tokens(
-                tok,
-                &tok.encode("all clean here", false)
-                    .unwrap()
-                    .get_ids()
-                    .to_vec()
-            )
+            .flagged_tokens(tok, tok.encode("all clean here", false).unwrap().get_ids())
             .unwrap()
             .is_empty());
     }
