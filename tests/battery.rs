@@ -470,61 +470,60 @@ fn damaged_data_files_fail_cleanly_in_every_subcommand_that_reads_one() {
         "correct",
     ];
     let mut cases = 0;
-    let named = |name: &'static str| move |sb: &Sandbox| vec![sb.s(name)];
-    cases += battery(
-        "data file missing",
-        |sb| (model_of(sb), Some(sb.s("nope.txt"))),
-        &named("nope.txt"),
-        &readers,
-    );
-    cases += battery(
-        "data file is a directory",
-        |sb| {
-            std::fs::create_dir(sb.p("dir")).unwrap();
-            (model_of(sb), Some(sb.s("dir")))
-        },
-        &named("dir"),
-        &readers,
-    );
-    cases += battery(
-        "data is not UTF-8",
-        |sb| {
-            std::fs::write(sb.p("bad.txt"), b"text \xff\xfe with invalid bytes\n").unwrap();
-            (model_of(sb), Some(sb.s("bad.txt")))
-        },
-        &named("bad.txt"),
-        &readers,
-    );
-    cases += battery(
-        "JSONL with a broken line",
-        |sb| {
-            let good = std::fs::read_to_string(sb.p("toxic.jsonl")).unwrap();
-            let mut lines: Vec<String> = good.lines().take(3).map(str::to_string).collect();
-            lines.push("{\"prompt\": \"unterminated".into());
-            std::fs::write(sb.p("broken.jsonl"), lines.join("\n") + "\n").unwrap();
-            (model_of(sb), Some(sb.s("broken.jsonl")))
-        },
-        &|sb: &Sandbox| vec![sb.s("broken.jsonl"), "line 4".into()],
-        &readers,
-    );
-    cases += battery(
-        "data is a symlink loop",
-        |sb| {
-            std::os::unix::fs::symlink(sb.p("dloop"), sb.p("dloop")).unwrap();
-            (model_of(sb), Some(sb.s("dloop")))
-        },
-        &named("dloop"),
-        &readers,
-    );
-    cases += battery(
-        "data file is empty",
-        |sb| {
-            std::fs::write(sb.p("empty.txt"), b"").unwrap();
-            (model_of(sb), Some(sb.s("empty.txt")))
-        },
-        &named("empty.txt"),
-        &readers,
-    );
+    // (label, file name, how it is made; `None`: it does not exist).
+    type Make = fn(&Sandbox, &Path);
+    let damages: [(&str, &str, Option<Make>); 6] = [
+        ("data file missing", "nope.txt", None),
+        (
+            "data file is a directory",
+            "dir",
+            Some(|_, p| std::fs::create_dir(p).unwrap()),
+        ),
+        (
+            "data is not UTF-8",
+            "bad.txt",
+            Some(|_, p| std::fs::write(p, b"text \xff\xfe with invalid bytes\n").unwrap()),
+        ),
+        (
+            "JSONL with a broken line",
+            "broken.jsonl",
+            Some(|sb, p| {
+                let good = std::fs::read_to_string(sb.p("toxic.jsonl")).unwrap();
+                let mut lines: Vec<String> = good.lines().take(3).map(str::to_string).collect();
+                lines.push("{\"prompt\": \"unterminated".into());
+                std::fs::write(p, lines.join("\n") + "\n").unwrap();
+            }),
+        ),
+        (
+            "data is a symlink loop",
+            "dloop",
+            Some(|_, p| std::os::unix::fs::symlink(p, p).unwrap()),
+        ),
+        (
+            "data file is empty",
+            "empty.txt",
+            Some(|_, p| std::fs::write(p, b"").unwrap()),
+        ),
+    ];
+    for (label, name, make) in damages {
+        cases += battery(
+            label,
+            |sb| {
+                if let Some(f) = make {
+                    f(sb, &sb.p(name));
+                }
+                (model_of(sb), Some(sb.s(name)))
+            },
+            &|sb: &Sandbox| {
+                let mut v = vec![sb.s(name)];
+                if name == "broken.jsonl" {
+                    v.push("line 4".into());
+                }
+                v
+            },
+            &readers,
+        );
+    }
     println!("damaged-data cases: {cases}");
     assert_eq!(cases, 6 * 6);
 }
