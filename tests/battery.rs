@@ -342,119 +342,121 @@ fn intact_sandbox_runs_every_subcommand() {
 
 #[test]
 fn damaged_models_fail_cleanly_in_every_subcommand() {
-    let mut cases = 0;
-    let needle = |s: &'static str| move |_: &Sandbox| vec![s.to_string()];
-    cases += battery(
-        "missing config.json",
-        |sb| {
-            std::fs::remove_file(sb.p("model/config.json")).unwrap();
-            (model_of(sb), None)
-        },
-        &needle("config.json"),
-        &[],
-    );
-    for (key, val) in [
-        ("hidden_size", serde_json::json!(0)),
-        ("num_hidden_layers", serde_json::json!(-2)),
-        ("intermediate_size", serde_json::json!("NaN")),
-        ("vocab_size", serde_json::json!(1e300)),
-    ] {
-        cases += battery(
-            &format!("config {key} = {val}"),
-            |sb| {
+    // (label, a word the error must name, the damage; it returns the --model to use when
+    // that is not the sandbox's model directory).
+    type Damage = Box<dyn Fn(&Sandbox) -> Option<String>>;
+    let config = |key: &'static str, val: serde_json::Value| -> (String, &'static str, Damage) {
+        (
+            format!("config {key} = {val}"),
+            key,
+            Box::new(move |sb: &Sandbox| {
                 edit_config(sb, |c| {
                     c.insert(key.into(), val.clone());
                 });
-                (model_of(sb), None)
-            },
-            &move |_: &Sandbox| vec![key.to_string()],
+                None
+            }),
+        )
+    };
+    let weights = |sb: &Sandbox| sb.p("model/model.safetensors");
+    let damages: Vec<(String, &str, Damage)> = vec![
+        (
+            "missing config.json".into(),
+            "config.json",
+            Box::new(|sb: &Sandbox| {
+                std::fs::remove_file(sb.p("model/config.json")).unwrap();
+                None
+            }),
+        ),
+        config("hidden_size", serde_json::json!(0)),
+        config("num_hidden_layers", serde_json::json!(-2)),
+        config("intermediate_size", serde_json::json!("NaN")),
+        config("vocab_size", serde_json::json!(1e300)),
+        (
+            "weights with NaN".into(),
+            "model.layers.1.mlp.up_proj",
+            Box::new(move |sb: &Sandbox| {
+                let p = weights(sb);
+                let mut t: HashMap<String, Tensor> =
+                    candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+                let name = "model.layers.1.mlp.up_proj.weight";
+                let w = &t[name];
+                let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v[3] = f32::NAN;
+                let nw = Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap();
+                t.insert(name.into(), nw);
+                candle_core::safetensors::save(&t, &p).unwrap();
+                None
+            }),
+        ),
+        (
+            "header lies about offsets".into(),
+            "model.safetensors",
+            Box::new(move |sb: &Sandbox| {
+                let p = weights(sb);
+                let (h, d) = st_parts(&p);
+                let mut v: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&h).unwrap();
+                let (name, _) = first_tensor(&h);
+                let off = v[&name]["data_offsets"][1].as_u64().unwrap();
+                v.get_mut(&name).unwrap()["data_offsets"][1] = (off + 8).into();
+                st_write(&p, &serde_json::to_string(&v).unwrap(), &d);
+                None
+            }),
+        ),
+        (
+            "absurd header length".into(),
+            "model.safetensors",
+            Box::new(move |sb: &Sandbox| {
+                let p = weights(sb);
+                let mut b = std::fs::read(&p).unwrap();
+                b[..8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
+                std::fs::write(&p, b).unwrap();
+                None
+            }),
+        ),
+        (
+            "duplicate tensor names".into(),
+            "twice",
+            Box::new(move |sb: &Sandbox| {
+                let p = weights(sb);
+                let (h, d) = st_parts(&p);
+                let (name, entry) = first_tensor(&h);
+                st_write(&p, &format!("{{\"{name}\":{},{}", entry, &h[1..]), &d);
+                None
+            }),
+        ),
+        (
+            "config.json is a directory".into(),
+            "config.json",
+            Box::new(|sb: &Sandbox| {
+                std::fs::remove_file(sb.p("model/config.json")).unwrap();
+                std::fs::create_dir(sb.p("model/config.json")).unwrap();
+                None
+            }),
+        ),
+        (
+            "model is a symlink loop".into(),
+            "loop",
+            Box::new(|sb: &Sandbox| {
+                std::os::unix::fs::symlink(sb.p("loop"), sb.p("loop")).unwrap();
+                Some(sb.s("loop"))
+            }),
+        ),
+        (
+            "model is a plain file, not a model".into(),
+            "text.txt",
+            Box::new(|sb: &Sandbox| Some(sb.s("text.txt"))),
+        ),
+    ];
+    let mut cases = 0;
+    for (label, needle, damage) in &damages {
+        cases += battery(
+            label,
+            |sb| (damage(sb).unwrap_or_else(|| model_of(sb)), None),
+            &|_: &Sandbox| vec![needle.to_string()],
             &[],
         );
     }
-    cases += battery(
-        "weights with NaN",
-        |sb| {
-            let p = sb.p("model/model.safetensors");
-            let mut t: HashMap<String, Tensor> =
-                candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
-            let name = "model.layers.1.mlp.up_proj.weight";
-            let w = &t[name];
-            let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            v[3] = f32::NAN;
-            let nw = Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap();
-            t.insert(name.into(), nw);
-            candle_core::safetensors::save(&t, &p).unwrap();
-            (model_of(sb), None)
-        },
-        &needle("model.layers.1.mlp.up_proj"),
-        &[],
-    );
-    cases += battery(
-        "header lies about offsets",
-        |sb| {
-            let p = sb.p("model/model.safetensors");
-            let (h, d) = st_parts(&p);
-            let mut v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&h).unwrap();
-            let (name, _) = first_tensor(&h);
-            let off = v[&name]["data_offsets"][1].as_u64().unwrap();
-            v.get_mut(&name).unwrap()["data_offsets"][1] = (off + 8).into();
-            st_write(&p, &serde_json::to_string(&v).unwrap(), &d);
-            (model_of(sb), None)
-        },
-        &needle("model.safetensors"),
-        &[],
-    );
-    cases += battery(
-        "absurd header length",
-        |sb| {
-            let p = sb.p("model/model.safetensors");
-            let mut b = std::fs::read(&p).unwrap();
-            b[..8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
-            std::fs::write(&p, b).unwrap();
-            (model_of(sb), None)
-        },
-        &needle("model.safetensors"),
-        &[],
-    );
-    cases += battery(
-        "duplicate tensor names",
-        |sb| {
-            let p = sb.p("model/model.safetensors");
-            let (h, d) = st_parts(&p);
-            let (name, entry) = first_tensor(&h);
-            let dup = format!("{{\"{name}\":{},{}", entry, &h[1..]);
-            st_write(&p, &dup, &d);
-            (model_of(sb), None)
-        },
-        &needle("twice"),
-        &[],
-    );
-    cases += battery(
-        "config.json is a directory",
-        |sb| {
-            std::fs::remove_file(sb.p("model/config.json")).unwrap();
-            std::fs::create_dir(sb.p("model/config.json")).unwrap();
-            (model_of(sb), None)
-        },
-        &needle("config.json"),
-        &[],
-    );
-    cases += battery(
-        "model is a symlink loop",
-        |sb| {
-            std::os::unix::fs::symlink(sb.p("loop"), sb.p("loop")).unwrap();
-            (sb.s("loop"), None)
-        },
-        &needle("loop"),
-        &[],
-    );
-    cases += battery(
-        "model is a plain file, not a model",
-        |sb| (sb.s("text.txt"), None),
-        &needle("text.txt"),
-        &[],
-    );
     println!("damaged-model cases: {cases}");
     assert_eq!(cases, 7 * 12);
 }
