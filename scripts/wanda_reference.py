@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Faithful Wanda (locuslab/wanda lib/prune.py prune_wanda + lib/layerwrapper.py WrappedGPT)
+on SmolLM2-135M (GGUF Q4_1 dequantised to float32 by transformers), with the exact
+calibration windows and the WikiText-2 perplexity protocol of ../shared (a throwaway venv with torch and transformers; not used by sparc3 or CI).
+Measured: official variant 66.134 vs sparc3 66.125 (sparc3 compress --method wanda, same windows).
+
+Variants (for hunting the 66.38 reference) via --variant:
+  official   : as locuslab (running-mean scaler_row in fp32, one hooked forward of the
+               dense layer for all sublayers, prune, second forward -> next inputs)
+  nsumsq     : plain float64 sum of squares (sparc3-style) instead of running mean
+  noreplay   : stats from the dense model (no pruned-input replay; outs from dense layer)
+  seq        : stats for each sublayer group taken after the previous groups of the same
+               layer were pruned (SparseGPT-"true-sequential" style)
+  noupdate   : official, but the next layer's inputs are the outputs of the first
+               (dense) forward instead of the pruned layer's (i.e. missing second forward)
+--dtype float16/bfloat16 runs the calibration in that dtype (eval always float32 weights
+of the pruned model, cast back).
+"""
+import argparse, json, math, os, sys, time
+import torch
+import torch.nn as nn
+
+p = argparse.ArgumentParser()
+p.add_argument("--model-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/") + "models/smollm2-135m")
+p.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
+p.add_argument("--calib", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/") + "data/c4/calib-smollm2-128x512.jsonl")
+p.add_argument("--eval", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/") + "data/wikitext-2-raw/wiki.test.joined.txt")
+p.add_argument("--nsamples", type=int, default=128)
+p.add_argument("--ratio", type=float, default=0.5)
+p.add_argument("--windows", type=int, default=64)
+p.add_argument("--seqlen", type=int, default=512)
+p.add_argument("--variant", default="official")
+p.add_argument("--dtype", default="float32")
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--dense", action="store_true", help="only evaluate the dense model")
+p.add_argument("--no-eval", action="store_true")
+p.add_argument("--mask-out", default=None)
+p.add_argument("--json-out", default=None)
+args = p.parse_args()
+
+torch.set_num_threads(args.threads)
+from transformers import LlamaForCausalLM
+from tokenizers import Tokenizer
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def load_model():
+    cache_f = os.environ.get("WANDA_CACHE", "/tmp/wanda-dense-fp32.pt")
+    if os.path.exists(cache_f):
+        from transformers import LlamaConfig
+        cfg = LlamaConfig.from_pretrained(args.model_dir)
+        cfg._attn_implementation = "eager"
+        m = LlamaForCausalLM(cfg)
+        m.load_state_dict(torch.load(cache_f), strict=True)
+    else:
+        m = LlamaForCausalLM.from_pretrained(args.model_dir, gguf_file=args.gguf,
+                                             torch_dtype=torch.float32, attn_implementation="eager")
+        torch.save(m.state_dict(), cache_f)
+    m.eval()
+    m.config.use_cache = False
+    return m
+
+
+@torch.no_grad()
+def eval_ppl(model):
+    tok = Tokenizer.from_file(os.path.join(args.model_dir, "tokenizer.json"))
+    text = open(args.eval, encoding="utf-8").read()
+    ids = tok.encode(text, add_special_tokens=False).ids
+    L = args.seqlen
+    nlls = []
+    for w in range(args.windows):
+        x = torch.tensor(ids[w * L:(w + 1) * L]).unsqueeze(0)
+        logits = model(x, use_cache=False).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="mean").item()
+        nlls.append(nll)
+    mean = sum(nlls) / len(nlls)
+    return mean, math.exp(mean), nlls
+
+
+def find_layers(module, layers=(nn.Linear,), name=""):
+    if type(module) in layers:
+        return {name: module}
+    res = {}
+    for name1, child in module.named_children():
+        res.update(find_layers(child, layers=layers, name=name + "." + name1 if name != "" else name1))
+    return res
+
+
+class WrappedGPT:
+    """lib/layerwrapper.py WrappedGPT (only what prune_wanda uses)."""
+
+    def __init__(self, layer, mode="official"):
+        self.layer = layer
+        self.dev = layer.weight.device
+        self.rows, self.columns = layer.weight.shape
+        self.mode = mode
+        self.scaler_row = torch.zeros((self.columns), device=self.dev)  # float32
+        self.sumsq64 = torch.zeros((self.columns), dtype=torch.float64)
+        self.nsamples = 0
+
+    def add_batch(self, inp, out):
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        if isinstance(self.layer, nn.Linear):
+            if len(inp.shape) == 3:
+                inp = inp.reshape((-1, inp.shape[-1]))
+            inp = inp.t()
+        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = inp.type(torch.float32)
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+        self.sumsq64 += (inp.double() ** 2).sum(1)
+
+    def norm(self):
+        if self.mode == "nsumsq":
+            return torch.sqrt(self.sumsq64).float()
+        return torch.sqrt(self.scaler_row)
+
+
+def prune_rows(W, metric, ratio):
+    W_mask = torch.zeros_like(metric) == 1
+    sort_res = torch.sort(metric, dim=-1, stable=True)
+    indices = sort_res[1][:, :int(metric.shape[1] * ratio)]
+    W_mask.scatter_(1, indices, True)
+    W[W_mask] = 0
+    return W_mask
+
+
+@torch.no_grad()
+def prune_wanda(model, samples, variant, dtype):
+    layers = model.model.layers
+    n = len(samples)
+    L = samples.shape[1]
+    hid = model.config.hidden_size
+    inps = torch.zeros((n, L, hid), dtype=dtype)
+    cache = {"i": 0, "kw": None}
+
+    class Catcher(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, inp, **kwargs):
+            inps[cache["i"]] = inp[0]
+            cache["i"] += 1
+            cache["kw"] = kwargs
+            raise ValueError
+
+    layers[0] = Catcher(layers[0])
+    for j in range(n):
+        try:
+            model(samples[j:j + 1], use_cache=False)
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    kw = cache["kw"]
+    fw_kw = {"attention_mask": kw.get("attention_mask"), "position_ids": kw.get("position_ids"),
+             "position_embeddings": kw.get("position_embeddings"), "use_cache": False}
+    if fw_kw["attention_mask"] is not None:
+        fw_kw["attention_mask"] = fw_kw["attention_mask"].to(dtype)
+    fw_kw["position_embeddings"] = tuple(t.to(dtype) for t in fw_kw["position_embeddings"])
+    outs = torch.zeros_like(inps)
+    masks = {}
+
+    groups = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+              ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+    for i in range(len(layers)):
+        layer = layers[i]
+        subset = find_layers(layer)
+        order = groups if variant == "seq" else [list(subset.keys())]
+        src = inps
+        for grp in order:
+            wrapped = {name: WrappedGPT(subset[name], mode=variant) for name in grp}
+
+            def add_batch(name):
+                def tmp(_, inp, out):
+                    wrapped[name].add_batch(inp[0].data, out.data)
+                return tmp
+
+            handles = [subset[name].register_forward_hook(add_batch(name)) for name in grp]
+            for j in range(n):
+                outs[j] = layer(src[j].unsqueeze(0), **fw_kw)[0]
+            for h in handles:
+                h.remove()
+            for name in grp:
+                W = subset[name].weight.data
+                W_metric = torch.abs(W.float()) * wrapped[name].norm().reshape((1, -1))
+                m = prune_rows(W, W_metric, args.ratio)
+                masks[f"model.layers.{i}.{name}.weight"] = m.to(torch.uint8).contiguous()
+        if variant == "noupdate":
+            pass  # outs are from the (last) dense forward
+        else:
+            for j in range(n):
+                outs[j] = layer(src[j].unsqueeze(0), **fw_kw)[0]
+        inps, outs = outs, inps
+        log(f"layer {i} pruned")
+    return masks
+
+
+@torch.no_grad()
+def prune_wanda_noreplay(model, samples):
+    """Stats from the dense model's own activations (no replay through pruned layers)."""
+    subset = find_layers(model.model.layers)
+    wrapped = {name: WrappedGPT(mod) for name, mod in subset.items()}
+    handles = []
+    for name, mod in subset.items():
+        handles.append(mod.register_forward_hook(
+            (lambda nm: (lambda _, inp, out: wrapped[nm].add_batch(inp[0].data, out.data)))(name)))
+    for j in range(len(samples)):
+        model.model(samples[j:j + 1], use_cache=False)
+    for h in handles:
+        h.remove()
+    masks = {}
+    for name, mod in subset.items():
+        W = mod.weight.data
+        m = prune_rows(W, torch.abs(W) * torch.sqrt(wrapped[name].scaler_row).reshape(1, -1), args.ratio)
+        masks[f"model.layers.{name}.weight"] = m.to(torch.uint8).contiguous()
+    return masks
+
+
+def main():
+    t0 = time.time()
+    model = load_model()
+    log("loaded", f"{time.time() - t0:.1f}s")
+    res = {"variant": args.variant, "dtype": args.dtype, "nsamples": args.nsamples}
+    if not args.dense:
+        recs = [json.loads(l) for l in open(args.calib)][:args.nsamples]
+        samples = torch.tensor([r["ids"][:args.seqlen] for r in recs], dtype=torch.long)
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+        if dtype != torch.float32:
+            orig = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.to(dtype)
+        t1 = time.time()
+        if args.variant == "noreplay":
+            masks = prune_wanda_noreplay(model, samples)
+        else:
+            masks = prune_wanda(model, samples, args.variant, dtype)
+        log(f"pruned in {time.time() - t1:.1f}s")
+        if dtype != torch.float32:
+            model.to(torch.float32)
+            sd = model.state_dict()
+            for k in sd:
+                sd[k].copy_(orig[k])
+            for k, m in masks.items():
+                sd[k][m.bool()] = 0
+        res["prune_s"] = time.time() - t1
+        if args.mask_out:
+            from safetensors.torch import save_file
+            save_file(masks, args.mask_out)
+        tot = sum(m.numel() for m in masks.values())
+        res["sparsity"] = sum(int(m.sum()) for m in masks.values()) / tot
+    if not args.no_eval:
+        t2 = time.time()
+        mean, ppl, nlls = eval_ppl(model)
+        res.update(mean_nll=mean, ppl=ppl, per_window=nlls, eval_s=time.time() - t2)
+        log(f"ppl {ppl:.4f} mean nll {mean:.6f}")
+    if args.json_out:
+        json.dump(res, open(args.json_out, "w"), indent=1)
+
+
+main()
