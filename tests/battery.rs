@@ -44,29 +44,7 @@ impl Sandbox {
     }
     /// Everything under the sandbox (name → bytes; directories and links by name).
     fn snapshot(&self) -> Vec<(String, Option<Vec<u8>>)> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
-            let mut es: Vec<_> = std::fs::read_dir(dir)
-                .unwrap()
-                .map(|e| e.unwrap())
-                .collect();
-            es.sort_by_key(|e| e.file_name());
-            for e in es {
-                let p = e.path();
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-                let ft = e.file_type().unwrap();
-                if ft.is_symlink() {
-                    out.push((rel, None));
-                } else if ft.is_dir() {
-                    out.push((rel.clone() + "/", None));
-                    walk(&p, base, out);
-                } else {
-                    out.push((rel, Some(std::fs::read(&p).unwrap())));
-                }
-            }
-        }
-        let mut v = Vec::new();
-        walk(self.tmp.path(), self.tmp.path(), &mut v);
-        v
+        common::tree(self.tmp.path())
     }
 }
 
@@ -294,10 +272,7 @@ fn model_of(sb: &Sandbox) -> String {
 }
 
 fn edit_config(sb: &Sandbox, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-    let p = sb.p("model/config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    f(v.as_object_mut().unwrap());
-    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    common::edit_config(&sb.p("model/config.json"), f);
 }
 
 /// Split a safetensors file into (header JSON text, data).

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_error, data, model_dir, run_bin, run_bin_env};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const USAGE: i32 = 2;
@@ -358,12 +358,6 @@ fn task_file_on_the_demo_model_with_saved_model() {
     assert!(left.is_empty(), "checkpoints left behind: {left:?}");
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 #[test]
 fn bad_task_input_fails_cleanly_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -383,13 +377,13 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
         assert_error(&r, code, needles);
         assert!(!out.exists(), "nothing written");
     };
-    let missing = write(
+    let missing = common::write_file(
         tmp.path(),
         "missing.jsonl",
         "{\"prompt\": \"a b\", \"target\": \" the\"}\n",
     );
     case(&missing, INPUT, &["missing.jsonl", "line 1", "foil"]);
-    let multi = write(
+    let multi = common::write_file(
         tmp.path(),
         "multi.jsonl",
         "{\"prompt\": \"a b\", \"target\": \" the\", \"foil\": \" of\"}\n{\"prompt\": \"a b\", \"target\": \" extraordinarily unlikely\", \"foil\": \" of\"}\n",
@@ -399,15 +393,15 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
         INPUT,
         &["multi.jsonl", "line 2", "target", "one token"],
     );
-    let empty = write(tmp.path(), "empty.jsonl", "\n");
+    let empty = common::write_file(tmp.path(), "empty.jsonl", "\n");
     case(&empty, INPUT, &["empty.jsonl", "no records"]);
-    let broken = write(
+    let broken = common::write_file(
         tmp.path(),
         "broken.jsonl",
         "{\"prompt\": \"a\", \"target\": \" the\", \"foil\": \" of\"}\n{oops\n",
     );
     case(&broken, INPUT, &["broken.jsonl", "line 2"]);
-    let same = write(
+    let same = common::write_file(
         tmp.path(),
         "same.jsonl",
         "{\"prompt\": \"a b\", \"target\": \" the\", \"foil\": \" the\"}\n",
@@ -435,7 +429,7 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
         .into_owned();
     let r = run_bin(&["circuit", "--model", &tiny, "--out", &o]);
     assert_error(&r, INPUT, &["names are one token"]);
-    let bad_cfg = write(
+    let bad_cfg = common::write_file(
         tmp.path(),
         "ioi.toml",
         "templates = [\"{A} and {B} went\"]\nnames = [\"Mary\"]\n",

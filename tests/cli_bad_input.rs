@@ -59,10 +59,7 @@ impl Case {
         common::run_bin(&["info", "--model", &m])
     }
     fn edit_config(&self, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-        let p = self.file("config.json");
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        f(v.as_object_mut().unwrap());
-        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        common::edit_config(&self.file("config.json"), f);
     }
     fn edit_weights(&self, f: impl FnOnce(&mut HashMap<String, Tensor>)) {
         let p = self.file("model.safetensors");

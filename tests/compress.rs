@@ -884,8 +884,13 @@ fn scores_from_attribute_are_reused_and_checked() {
     let lrp = tmp.path().join("llama-lrp.safetensors");
     let grad = tmp.path().join("llama-grad.safetensors");
     let opt_lrp = tmp.path().join("opt-lrp.safetensors");
-    attribute(&llama, &[], &lrp);
-    attribute(&llama, &["--rule", "grad"], &grad);
+    // compress attributes with per-token |R| by default; the files must hold the same.
+    attribute(&llama, &["--aggregation", "token-abs"], &lrp);
+    attribute(
+        &llama,
+        &["--rule", "grad", "--aggregation", "token-abs"],
+        &grad,
+    );
     attribute(&opt, &[], &opt_lrp);
 
     for (method, file) in [("lrp", &lrp), ("gradient", &grad)] {
@@ -899,6 +904,7 @@ fn scores_from_attribute_are_reused_and_checked() {
         );
         assert_per_row(method, &pr.mask, |c| floor(c, 0.5));
         assert_eq!(pr.report["scores_file"], f);
+        assert_eq!(pr.report["aggregation"], "token_abs");
         assert!(
             pr.report["calibration"].is_null(),
             "no calibration with --scores"
@@ -926,7 +932,7 @@ fn scores_from_attribute_are_reused_and_checked() {
     }
 
     // Scores of another model; scores of the wrong rule.
-    let before = tree(tmp.path());
+    let before = common::tree(tmp.path());
     let out = tmp.path().join("refused");
     let r = run(&compress_args(
         Some(&llama),
@@ -970,7 +976,11 @@ fn scores_from_attribute_are_reused_and_checked() {
         &out,
     ));
     assert_error(&r, INPUT, &["missing.safetensors"]);
-    assert_eq!(tree(tmp.path()), before, "a refused run changed the folder");
+    assert_eq!(
+        common::tree(tmp.path()),
+        before,
+        "a refused run changed the folder"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1106,30 +1116,6 @@ fn same_command_twice_gives_byte_identical_files() {
 // ---------------------------------------------------------------------------------------------
 // 8. Bad input: clean error, nothing written, inputs untouched
 
-/// Every entry under `dir` (hidden ones included) with its bytes (None for folders).
-fn tree(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
-    fn walk(base: &Path, dir: &Path, v: &mut Vec<(String, Option<Vec<u8>>)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            let rel = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if path.is_dir() {
-                v.push((rel, None));
-                walk(base, &path, v);
-            } else {
-                v.push((rel, Some(std::fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(dir, dir, &mut v);
-    v.sort();
-    v
-}
-
 fn names(t: &[(String, Option<Vec<u8>>)]) -> Vec<&str> {
     t.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -1164,13 +1150,13 @@ impl Sandbox {
     /// Run `compress --model model/ ARGS` (ARGS include --out) and expect a clean refusal that
     /// leaves the whole sandbox as it was.
     fn refuse(&self, args: &[String], code: i32, needles: &[&str]) {
-        let before = tree(self.tmp.path());
+        let before = common::tree(self.tmp.path());
         let mut a = vec!["compress".to_string(), "--model".into(), p(&self.model())];
         a.extend_from_slice(args);
         let r = run(&a);
         println!("sparc3 {a:?}");
         assert_error(&r, code, needles);
-        let after = tree(self.tmp.path());
+        let after = common::tree(self.tmp.path());
         assert_eq!(
             names(&after),
             names(&before),
@@ -1289,10 +1275,10 @@ fn force_onto_a_folder_holding_the_model_keeps_the_model() {
     let outer = tmp.path().join("outer");
     let model = outer.join("model");
     common::copy_model("tiny-random-llama", &model);
-    let before = tree(tmp.path());
+    let before = common::tree(tmp.path());
     let a = compress_args(Some(&model), &["--method", "magnitude", "--force"], &outer);
     let r = run(&a);
-    let after = tree(tmp.path());
+    let after = common::tree(tmp.path());
     assert!(
         model.join("model.safetensors").is_file(),
         "the input model was deleted by compress --out {} --force (exit {:?}); left: {:?}",

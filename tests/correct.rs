@@ -240,12 +240,6 @@ fn plain_text_prompts_explain_the_models_own_continuation() {
     assert_eq!(r["dense"]["continuation_tokens"], 3 * 8);
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 #[test]
 fn bad_correction_input_fails_cleanly_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -261,15 +255,15 @@ fn bad_correction_input_fails_cleanly_and_writes_nothing() {
         assert!(!out.exists(), "nothing written");
         assert_eq!(std::fs::read(set).ok(), before, "input untouched");
     };
-    let empty = write(tmp.path(), "empty.jsonl", "");
+    let empty = common::write_file(tmp.path(), "empty.jsonl", "");
     case(&empty, &[], INPUT, &["empty.jsonl", "no prompts"]);
-    let broken = write(
+    let broken = common::write_file(
         tmp.path(),
         "broken.jsonl",
         "{\"prompt\": \"a\"}\n{\"prompt\": \n",
     );
     case(&broken, &[], INPUT, &["broken.jsonl", "line 2"]);
-    let no_prompt = write(
+    let no_prompt = common::write_file(
         tmp.path(),
         "noprompt.jsonl",
         "{\"prompt\": {\"text\": \"a b\"}}\n{\"prompt\": {\"toxicity\": 0.9}, \"continuation\": {\"text\": \"x\"}}\n",
@@ -302,7 +296,7 @@ fn bad_correction_input_fails_cleanly_and_writes_nothing() {
     case(&ok, &["--holdout", "1.5"], USAGE, &["--holdout"]);
     case(&ok, &["--ratio", "1.2"], USAGE, &["--ratio"]);
     case(&ok, &["--count", "0"], USAGE, &["--count"]);
-    let lex = write(tmp.path(), "lex.txt", "\n\n");
+    let lex = common::write_file(tmp.path(), "lex.txt", "\n\n");
     case(
         &ok,
         &["--lexicon", &lex.to_string_lossy()],

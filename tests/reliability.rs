@@ -50,6 +50,37 @@ fn finish(child: Child) -> (Option<i32>, String) {
     )
 }
 
+/// Run a job with `--checkpoint-every EVERY --resume` until it completes: in round i, kill it
+/// with -9 as soon as the checkpoint `waits[i]` appears (a kill per entry, unless the run ends
+/// first), checking that a killed run leaves no `out`. Returns the kills and the last stderr.
+fn kill_and_resume(
+    run: impl Fn(&[&str]) -> Child,
+    out: &Path,
+    every: &str,
+    waits: &[&Path],
+    limit: Duration,
+) -> (usize, String) {
+    let mut kills = 0;
+    for round in 0..=waits.len() {
+        let mut child = run(&["--checkpoint-every", every, "--resume"]);
+        if waits
+            .get(round)
+            .is_some_and(|c| wait_for(c, &mut child, limit))
+        {
+            std::thread::sleep(Duration::from_millis(30 * round as u64 + 10));
+            signal(&child, "-KILL");
+            let _ = finish(child);
+            kills += 1;
+            assert!(!out.exists(), "no output from a killed run");
+            continue;
+        }
+        let (code, err) = finish(child);
+        assert_eq!(code, Some(0), "{err}");
+        return (kills, err);
+    }
+    unreachable!("the last round always finishes")
+}
+
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -85,25 +116,15 @@ fn killed_and_resumed_attribution_equals_an_uninterrupted_run() {
     let resumed = tmp.path().join("resumed.safetensors");
     let ckpt = tmp.path().join("resumed.safetensors.ckpt");
     // Kill -9 at several points: each time resume, until the run completes.
-    let mut kills = 0;
-    for round in 0..20 {
-        let mut child = attribute(&resumed, &["--checkpoint-every", "9", "--resume"]);
-        if round < 3 && wait_for(&ckpt, &mut child, Duration::from_secs(60)) {
-            std::thread::sleep(Duration::from_millis(30 * round as u64 + 10));
-            signal(&child, "-KILL");
-            let _ = finish(child);
-            kills += 1;
-            assert!(!resumed.exists(), "no output from a killed run");
-            continue;
-        }
-        let (code, err) = finish(child);
-        assert_eq!(code, Some(0), "{err}");
-        if round > 0 {
-            assert!(err.contains("resumed after"), "resumed: {err}");
-        }
-        break;
-    }
+    let (kills, err) = kill_and_resume(
+        |extra| attribute(&resumed, extra),
+        &resumed,
+        "9",
+        &[&ckpt, &ckpt, &ckpt],
+        Duration::from_secs(60),
+    );
     assert!(kills > 0, "the run was killed at least once");
+    assert!(err.contains("resumed after"), "resumed: {err}");
     assert!(!ckpt.exists(), "the checkpoint is removed after success");
     assert_eq!(
         std::fs::read(&whole).unwrap(),
@@ -234,21 +255,13 @@ fn killed_and_resumed_compress_writes_the_same_model() {
     assert_eq!(code, Some(0), "{err}");
     let resumed = tmp.path().join("resumed");
     let ckpt = tmp.path().join("resumed.ckpt");
-    let mut kills = 0;
-    for round in 0..10 {
-        let mut child = run(&resumed, &["--checkpoint-every", "7", "--resume"]);
-        if round < 2 && wait_for(&ckpt, &mut child, Duration::from_secs(60)) {
-            std::thread::sleep(Duration::from_millis(20));
-            signal(&child, "-KILL");
-            let _ = finish(child);
-            kills += 1;
-            assert!(!resumed.exists());
-            continue;
-        }
-        let (code, err) = finish(child);
-        assert_eq!(code, Some(0), "{err}");
-        break;
-    }
+    let (kills, _) = kill_and_resume(
+        |extra| run(&resumed, extra),
+        &resumed,
+        "7",
+        &[&ckpt, &ckpt],
+        Duration::from_secs(60),
+    );
     assert!(kills > 0);
     assert!(!ckpt.exists());
     for f in ["model.safetensors", "mask.safetensors"] {
@@ -309,23 +322,14 @@ fn killed_and_resumed_correction_gives_the_same_result() {
         tmp.path().join("resumed.lrp-undesired.ckpt"),
         tmp.path().join("resumed.lrp-general.ckpt"),
     ];
-    let mut kills = 0;
-    for round in 0..10 {
-        let mut child = run(&resumed, &["--checkpoint-every", "5", "--resume"]);
-        // First round: killed during the undesired set; second: during the general set.
-        let ckpt = ckpts.get(round);
-        if ckpt.is_some_and(|c| wait_for(c, &mut child, Duration::from_secs(120))) {
-            std::thread::sleep(Duration::from_millis(20));
-            signal(&child, "-KILL");
-            let _ = finish(child);
-            kills += 1;
-            assert!(!resumed.exists());
-            continue;
-        }
-        let (code, err) = finish(child);
-        assert_eq!(code, Some(0), "{err}");
-        break;
-    }
+    // First round: killed during the undesired set; second: during the general set.
+    let (kills, _) = kill_and_resume(
+        |extra| run(&resumed, extra),
+        &resumed,
+        "5",
+        &[&ckpts[0], &ckpts[1]],
+        Duration::from_secs(120),
+    );
     assert_eq!(kills, 2, "both attributions were interrupted");
     for c in &ckpts {
         assert!(!c.exists(), "{} left behind", c.display());

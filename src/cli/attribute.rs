@@ -72,7 +72,7 @@ pub struct AttributeArgs {
     /// LRP-ε on the linear layers (the paper used 1e-6); default: ε → 0.
     #[arg(long)]
     pub epsilon: Option<f32>,
-    /// Mean of |R| per sample (abs) or of signed R.
+    /// How weight relevance is aggregated over tokens and samples.
     #[arg(long, value_enum, default_value = "abs")]
     pub aggregation: AggArg,
     #[arg(long, value_enum, default_value = "auto")]
@@ -99,8 +99,25 @@ pub struct AttributeArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum AggArg {
+    /// Mean over samples of |R| (relevance summed over each sample's tokens)
     Abs,
+    /// Mean over samples of signed R
     Signed,
+    /// Mean over samples of Σ_t |R_t| (per-token |R|: no cancellation across positions)
+    TokenAbs,
+    /// Mean over samples of Σ_t R_t² (diagonal Fisher / OBD saliency with LRP gradients)
+    TokenSq,
+}
+
+impl AggArg {
+    pub fn aggregation(self) -> Aggregation {
+        match self {
+            AggArg::Abs => Aggregation::Abs,
+            AggArg::Signed => Aggregation::Signed,
+            AggArg::TokenAbs => Aggregation::TokenAbs,
+            AggArg::TokenSq => Aggregation::TokenSq,
+        }
+    }
 }
 
 pub fn run(a: AttributeArgs) -> Result<()> {
@@ -165,10 +182,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
         RuleArg::Lrp => Rule::Lrp { epsilon: a.epsilon },
         RuleArg::Grad => Rule::Grad,
     };
-    let aggregation = match a.aggregation {
-        AggArg::Abs => Aggregation::Abs,
-        AggArg::Signed => Aggregation::Signed,
-    };
+    let aggregation = a.aggregation.aggregation();
     let (calib, prompt_lens) = if matches!(target, Target::Span { .. }) {
         let Some(d) = a.data.as_deref() else {
             fail!(

@@ -1,5 +1,6 @@
 use super::{output, ModelArgs};
 use crate::fail;
+use crate::lrp::accum::Aggregation;
 use crate::lrp::file::RelevanceFile;
 use crate::lrp::Target;
 use crate::prune::compress::{self, CompressJob, Method};
@@ -63,6 +64,10 @@ pub struct CalibArgs {
     /// What LRP/gradient relevance explains.
     #[arg(long, value_enum, default_value = "next-token")]
     pub target: CompressTarget,
+    /// How LRP/gradient weight relevance is aggregated over tokens and samples (token-abs
+    /// measured best for compression; README).
+    #[arg(long, value_enum, default_value = "token-abs")]
+    pub aggregation: super::attribute::AggArg,
 }
 
 /// Perplexity flags shared by `compress` and `sweep`.
@@ -110,6 +115,7 @@ pub struct Prepared {
     pub eval_seq: usize,
     pub eval_windows: Option<usize>,
     pub target: Target,
+    pub aggregation: Aggregation,
 }
 
 impl Prepared {
@@ -179,6 +185,7 @@ impl Prepared {
             eval_seq,
             eval_windows,
             target,
+            aggregation: c.aggregation.aggregation(),
         })
     }
 
@@ -213,6 +220,49 @@ impl Prepared {
     }
 }
 
+/// Flags shared by `compress` and `sweep`: grouping, pattern, calibration, scores, layers and
+/// the perplexity evaluation.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Grouping (default: the method's reference: magnitude per layer, others per row).
+    #[arg(long, value_enum)]
+    pub scope: Option<ScopeArg>,
+    /// unstructured, or N:M (remove N of every M consecutive inputs per row, e.g. 2:4; the
+    /// ratio is then N/M).
+    #[arg(long, default_value = "unstructured")]
+    pub pattern: String,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    /// Reuse a relevance file from `sparc3 attribute` (lrp or gradient) instead of attributing.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Only prune linear layers whose name matches this regex.
+    #[arg(long)]
+    pub layers: Option<String>,
+    #[command(flatten)]
+    pub eval: PplArgs,
+}
+
+impl PruneArgs {
+    /// Every input file named on the command line (never to be overwritten by `--out`).
+    pub fn inputs(&self, model: &ModelArgs) -> Vec<PathBuf> {
+        [
+            &self.calib.calib,
+            &self.scores,
+            &self.eval.eval,
+            &model.tokenizer,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
+    pub fn relevance(&self) -> Result<Option<RelevanceFile>> {
+        self.scores.as_deref().map(RelevanceFile::read).transpose()
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CompressArgs {
     #[command(flatten)]
@@ -222,14 +272,8 @@ pub struct CompressArgs {
     pub ratio: f64,
     #[arg(long, value_enum, default_value = "lrp")]
     pub method: MethodArg,
-    /// Grouping (default: the method's reference: magnitude per layer, others per row).
-    #[arg(long, value_enum)]
-    pub scope: Option<ScopeArg>,
-    /// unstructured, or N:M (remove N of every M consecutive inputs per row), e.g. 2:4.
-    #[arg(long, default_value = "unstructured")]
-    pub pattern: String,
     #[command(flatten)]
-    pub calib: CalibArgs,
+    pub prune: PruneArgs,
     /// What happens to the surviving weights.
     #[arg(long, value_enum, default_value = "none")]
     pub update: UpdateArg,
@@ -239,14 +283,6 @@ pub struct CompressArgs {
     /// Continue a killed run's attribution from `<out>.ckpt`.
     #[arg(long)]
     pub resume: bool,
-    /// Reuse a relevance file from `sparc3 attribute` instead of attributing again.
-    #[arg(long)]
-    pub scores: Option<PathBuf>,
-    /// Only prune linear layers whose name matches this regex.
-    #[arg(long)]
-    pub layers: Option<String>,
-    #[command(flatten)]
-    pub eval: PplArgs,
     /// Output directory (HF layout).
     #[arg(long)]
     pub out: PathBuf,
@@ -267,31 +303,26 @@ pub fn run(a: CompressArgs) -> Result<()> {
     if !(a.ratio > 0.0 && a.ratio < 1.0) {
         fail!(Usage, "--ratio must be in (0, 1), got {}", a.ratio);
     }
-    let pattern = Pattern::parse(&a.pattern)?;
+    let pattern = Pattern::parse(&a.prune.pattern)?;
     let out_dtype = a
         .out_dtype
         .as_deref()
         .map(|d| super::parse_dtype_flag(d, "--out-dtype"))
         .transpose()?;
-    let layers = super::parse_layers(&a.layers)?;
+    let layers = super::parse_layers(&a.prune.layers)?;
     let method = a.method.method();
-    let scope = a.scope.map_or(method.default_scope(), ScopeArg::scope);
+    let scope = a
+        .prune
+        .scope
+        .map_or(method.default_scope(), ScopeArg::scope);
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
-    let inputs: Vec<PathBuf> = [&a.calib.calib, &a.scores, &a.eval.eval, &a.model.tokenizer]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &inputs)?;
-    let relevance = match &a.scores {
-        Some(p) => Some(RelevanceFile::read(p)?),
-        None => None,
-    };
+    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &a.prune.inputs(&a.model))?;
+    let relevance = a.prune.relevance()?;
     let prep = Prepared::new(
         &loaded,
-        &a.calib,
-        &a.eval,
+        &a.prune.calib,
+        &a.prune.eval,
         (method.needs_calibration() && relevance.is_none()) || a.update == UpdateArg::Obs,
     )?;
     let calib = &prep.calib;
@@ -302,6 +333,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let pb = output::bar(0, method.name(), false);
     let start = std::time::Instant::now();
     let scores_label = a
+        .prune
         .scores
         .as_ref()
         .map(|p| p.display().to_string())
@@ -316,6 +348,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
                 "calibration": calib.as_ref().map(|c| &c.info),
                 "method": method.name(),
                 "target": target,
+                "aggregation": prep.aggregation,
                 "dtype": super::dtype_name(req.dtype),
             }))
             .unwrap_or_default()
@@ -334,6 +367,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
         pattern,
         samples,
         target,
+        aggregation: prep.aggregation,
         scores: relevance.as_ref().map(|r| (r, scores_label.clone())),
         config_sha256: &loaded.config_sha256,
         layers,
@@ -349,6 +383,17 @@ pub fn run(a: CompressArgs) -> Result<()> {
         pb.set_position(i as u64);
     })?;
     pb.finish_and_clear();
+    // After the job, so that a refused scores file gets its one error line only.
+    if let Some(r) = relevance.as_ref() {
+        if r.meta.aggregation != prep.aggregation {
+            eprintln!(
+                "note: {} holds '{}' aggregation, used as it is (a fresh attribution would use '{}')",
+                a.prune.scores.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                r.meta.aggregation.name(),
+                prep.aggregation.name()
+            );
+        }
+    }
     let prune_seconds = start.elapsed().as_secs_f64();
     let after = prep.ppl(&model)?;
     let (per_layer, overall) = crate::prune::sparsity(&model)?;
@@ -373,10 +418,11 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "ratio_achieved_in_pruned_layers": pruned_share,
         "sparsity_all_linears": overall,
         "sparsity_per_layer": per_layer.iter().map(|(n, s)| json!({"layer": n, "sparsity": s})).collect::<Vec<_>>(),
-        "layers_regex": a.layers,
+        "layers_regex": a.prune.layers,
         "calibration": calib.as_ref().map(|c| &c.info),
-        "scores_file": a.scores,
-        "target": job.target.name(),
+        "scores_file": a.prune.scores,
+        "target": relevance.as_ref().map_or(job.target.name().to_string(), |r| r.meta.target.clone()),
+        "aggregation": relevance.as_ref().map_or(job.aggregation, |r| r.meta.aggregation),
         "eval": prep.eval_info(before.as_ref().map(|b| b.windows)),
         "ppl_before": before.as_ref().map(|b| b.ppl),
         "ppl_after": after.as_ref().map(|b| b.ppl),

@@ -305,16 +305,14 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let attr_seqs = correct::complete(model, attr, a.new_tokens)?;
     // What each attributed record explains.
     let mut attr_targets: Vec<(Vec<u32>, Target)> = Vec::with_capacity(attr_seqs.len());
-    for (ids, plen) in &attr_seqs {
+    for (ids, plen) in attr_seqs {
         match a.explain {
-            ExplainArg::Continuation => {
-                attr_targets.push((ids.clone(), Target::Span { prompt_len: *plen }))
-            }
+            ExplainArg::Continuation => attr_targets.push((ids, Target::Span { prompt_len: plen })),
             ExplainArg::Flagged => {
-                let f = lexicon.flagged_tokens(tok, &ids[*plen..])?;
+                let f = lexicon.flagged_tokens(tok, &ids[plen..])?;
                 if !f.is_empty() {
                     let positions = f.iter().map(|i| plen + i).collect();
-                    attr_targets.push((ids.clone(), Target::Tokens { positions }));
+                    attr_targets.push((ids, Target::Tokens { positions }));
                 }
             }
         }
@@ -428,7 +426,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         attr_runs.extend(runs);
         for &cr in &criteria {
             let t1 = std::time::Instant::now();
-            let ranking = Ranking::contrast(g.clone(), u.clone(), cr)?;
+            let ranking = Ranking::contrast(&g, &u, cr)?;
             let label = if criteria.len() == 1 {
                 m.name().to_string()
             } else {

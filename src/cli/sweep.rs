@@ -1,11 +1,10 @@
 //! `sparc3 sweep`: perplexity against sparsity for several methods, one attribution (or one
 //! relevance file) per method reused for every ratio; a table, a report and an SVG chart.
 
-use super::compress::{CalibArgs, MethodArg, PplArgs, Prepared, ScopeArg};
+use super::compress::{MethodArg, Prepared, PruneArgs, ScopeArg};
 use super::{output, ModelArgs};
 use crate::fail;
 use crate::io::svg;
-use crate::lrp::file::RelevanceFile;
 use crate::prune::compress::{self, CompressJob, Method};
 use crate::prune::mask::Pattern;
 use anyhow::Result;
@@ -33,22 +32,8 @@ pub struct SweepArgs {
         default_value = "lrp,wanda,magnitude"
     )]
     pub methods: Vec<MethodArg>,
-    /// Grouping for every method (default: each method's reference grouping).
-    #[arg(long, value_enum)]
-    pub scope: Option<ScopeArg>,
-    /// unstructured, or N:M (the ratio is then N/M and --ratios is ignored).
-    #[arg(long, default_value = "unstructured")]
-    pub pattern: String,
     #[command(flatten)]
-    pub calib: CalibArgs,
-    /// Reuse a relevance file from `sparc3 attribute` for the lrp (or gradient) method.
-    #[arg(long)]
-    pub scores: Option<PathBuf>,
-    /// Only prune linear layers whose name matches this regex.
-    #[arg(long)]
-    pub layers: Option<String>,
-    #[command(flatten)]
-    pub eval: PplArgs,
+    pub prune: PruneArgs,
     /// Directory for `sweep-report.json` and `sweep.svg`.
     #[arg(long)]
     pub out: PathBuf,
@@ -67,7 +52,7 @@ struct Point {
 
 pub fn run(a: SweepArgs) -> Result<()> {
     super::set_threads(a.model.threads)?;
-    let pattern = Pattern::parse(&a.pattern)?;
+    let pattern = Pattern::parse(&a.prune.pattern)?;
     let mut ratios: Vec<f64> = match pattern {
         Pattern::NM { n, m } => vec![n as f64 / m as f64],
         Pattern::Unstructured => a.ratios.clone(),
@@ -83,23 +68,15 @@ pub fn run(a: SweepArgs) -> Result<()> {
             methods.push(m.method());
         }
     }
-    let layers = super::parse_layers(&a.layers)?;
+    let layers = super::parse_layers(&a.prune.layers)?;
     let req = a.model.request()?;
     let loaded = crate::source::load(&req)?;
-    let inputs: Vec<PathBuf> = [&a.calib.calib, &a.scores, &a.eval.eval, &a.model.tokenizer]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &inputs)?;
-    let relevance = match &a.scores {
-        Some(p) => Some(RelevanceFile::read(p)?),
-        None => None,
-    };
+    crate::io::hf::check_out_dir(&a.out, a.force, &loaded, &a.prune.inputs(&a.model))?;
+    let relevance = a.prune.relevance()?;
     let fresh_attribution = methods
         .iter()
         .any(|m| m.needs_calibration() && !(relevance.is_some() && is_relevance(*m)));
-    let prep = Prepared::new(&loaded, &a.calib, &a.eval, fresh_attribution)?;
+    let prep = Prepared::new(&loaded, &a.prune.calib, &a.prune.eval, fresh_attribution)?;
     if prep.eval.is_none() {
         fail!(
             Usage,
@@ -108,6 +85,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
     }
     let dense = prep.ppl(&loaded.model)?.expect("eval checked");
     let label = a
+        .prune
         .scores
         .as_ref()
         .map(|p| p.display().to_string())
@@ -115,7 +93,10 @@ pub fn run(a: SweepArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let mut series: Vec<(Method, f64, Vec<Point>)> = Vec::new();
     for &method in &methods {
-        let scope = a.scope.map_or(method.default_scope(), ScopeArg::scope);
+        let scope = a
+            .prune
+            .scope
+            .map_or(method.default_scope(), ScopeArg::scope);
         let pb = output::bar((ratios.len()) as u64, method.name(), false);
         let t0 = std::time::Instant::now();
         let mut job = CompressJob {
@@ -125,6 +106,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             pattern,
             samples: prep.samples(),
             target: prep.target.clone(),
+            aggregation: prep.aggregation,
             scores: relevance
                 .as_ref()
                 .filter(|_| is_relevance(method))
@@ -177,17 +159,18 @@ pub fn run(a: SweepArgs) -> Result<()> {
         "model": loaded.origin,
         "config_sha256": loaded.config_sha256,
         "pattern": pattern.name(),
-        "scope": a.scope.map(ScopeArg::scope),
-        "layers_regex": a.layers,
+        "scope": a.prune.scope.map(ScopeArg::scope),
+        "layers_regex": a.prune.layers,
         "calibration": prep.calib.as_ref().map(|c| &c.info),
-        "scores_file": a.scores,
+        "scores_file": a.prune.scores,
         "target": prep.target.name(),
+        "aggregation": prep.aggregation,
         "eval": prep.eval_info(Some(dense.windows)),
         "dtype": super::dtype_name(req.dtype),
         "ppl_dense": dense.ppl,
         "series": series.iter().map(|(m, s, p)| json!({
             "method": m.name(),
-            "scope": a.scope.map_or(m.default_scope(), ScopeArg::scope),
+            "scope": a.prune.scope.map_or(m.default_scope(), ScopeArg::scope),
             "seconds_scores": s,
             "points": p,
         })).collect::<Vec<_>>(),

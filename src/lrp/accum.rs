@@ -1,5 +1,5 @@
 //! Per-weight relevance accumulators (f32) for every prunable linear layer, aggregated over
-//! samples as the mean of |R| (default) or signed.
+//! samples as the mean of |R| (default) or signed, or per token (`token-abs`, `token-sq`).
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -13,6 +13,12 @@ pub enum Aggregation {
     Abs,
     /// Σ over samples of R(sample).
     Signed,
+    /// Σ over samples and tokens of |R(token)|: `|W| ⊙ (|G|ᵀ|X|)`, so relevance of opposite
+    /// sign at different positions does not cancel. Same cost as `abs`.
+    TokenAbs,
+    /// Σ over samples and tokens of R(token)²: `W² ⊙ ((G²)ᵀ X²)`, the diagonal-Fisher (OBD)
+    /// saliency with the modified gradient. Same cost as `abs`.
+    TokenSq,
 }
 
 impl Aggregation {
@@ -20,6 +26,37 @@ impl Aggregation {
         match self {
             Aggregation::Abs => "abs",
             Aggregation::Signed => "signed",
+            Aggregation::TokenAbs => "token_abs",
+            Aggregation::TokenSq => "token_sq",
+        }
+    }
+
+    /// Per-token map applied to `g` and `x` (and to per-token input relevance) before the sum
+    /// over tokens: identity for the per-sample aggregations.
+    pub fn token_map(self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Aggregation::Abs | Aggregation::Signed => t.clone(),
+            Aggregation::TokenAbs => t.abs()?,
+            Aggregation::TokenSq => t.sqr()?,
+        })
+    }
+
+    /// Contribution of weight (or bias) `w` given the token-summed (mapped) gradient `g`.
+    #[inline]
+    fn fold(self, w: f32, g: f32) -> f32 {
+        match self {
+            Aggregation::Abs | Aggregation::TokenAbs => (w * g).abs(),
+            Aggregation::Signed => w * g,
+            Aggregation::TokenSq => w * w * g,
+        }
+    }
+
+    /// Contribution of an already token-summed (mapped) relevance.
+    #[inline]
+    fn fold_rel(self, r: f32) -> f32 {
+        match self {
+            Aggregation::Abs => r.abs(),
+            _ => r,
         }
     }
 }
@@ -95,7 +132,7 @@ impl Accumulators {
             return Ok(());
         }
         let (o, i) = w.dims2()?;
-        let abs = self.aggregation == Aggregation::Abs;
+        let agg = self.aggregation;
         let entry = self
             .layers
             .entry(name.to_string())
@@ -113,14 +150,8 @@ impl Accumulators {
                     .par_chunks_mut(4096)
                     .zip(wv.par_chunks(4096).zip(gv.par_chunks(4096)))
                     .for_each(|(a, (w, g))| {
-                        if abs {
-                            for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
-                                *a += (w * g).abs();
-                            }
-                        } else {
-                            for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
-                                *a += w * g;
-                            }
+                        for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
+                            *a += agg.fold(*w, *g);
                         }
                     })
             })
@@ -128,28 +159,28 @@ impl Accumulators {
         Ok(())
     }
 
-    /// Add one sample's input-feature relevance `Σ_t x ⊙ g_x` (`[in]`).
+    /// Add one sample's input-feature relevance `Σ_t map(x ⊙ g_x)` (`[in]`).
     pub fn add_inputs(&mut self, name: &str, r: &Tensor) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
-        let abs = self.aggregation == Aggregation::Abs;
+        let agg = self.aggregation;
         let rv = r.to_vec1::<f32>()?;
         let Some(entry) = self.layers.get_mut(name) else {
             anyhow::bail!("input relevance for {name} before its weight relevance");
         };
         for (a, r) in entry.inputs.iter_mut().zip(&rv) {
-            *a += if abs { r.abs() } else { *r };
+            *a += agg.fold_rel(*r);
         }
         Ok(())
     }
 
-    /// Add one sample's bias relevance `b ⊙ Σ_t g_t`.
+    /// Add one sample's bias relevance from `Σ_t map(g_t)`.
     pub fn add_bias(&mut self, name: &str, b: &Tensor, gsum: &Tensor) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
-        let abs = self.aggregation == Aggregation::Abs;
+        let agg = self.aggregation;
         let bv = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let gv = gsum.to_vec1::<f32>()?;
         let Some(entry) = self.layers.get_mut(name) else {
@@ -157,8 +188,7 @@ impl Accumulators {
         };
         let acc = entry.bias.get_or_insert_with(|| vec![0.0; bv.len()]);
         for ((a, b), g) in acc.iter_mut().zip(&bv).zip(&gv) {
-            let r = b * g;
-            *a += if abs { r.abs() } else { r };
+            *a += agg.fold(*b, *g);
         }
         Ok(())
     }

@@ -56,6 +56,8 @@ pub struct CompressJob<'a> {
     /// Calibration samples (for wanda, and lrp/gradient without precomputed scores).
     pub samples: &'a [Vec<u32>],
     pub target: Target,
+    /// How a fresh attribution aggregates weight relevance over tokens and samples.
+    pub aggregation: Aggregation,
     /// Precomputed relevance (`--scores`), with its label.
     pub scores: Option<(&'a RelevanceFile, String)>,
     pub config_sha256: &'a str,
@@ -266,7 +268,7 @@ pub fn scores_of(
                 } else {
                     Rule::Grad
                 };
-                let mut acc = Accumulators::new(Aggregation::Abs);
+                let mut acc = Accumulators::new(job.aggregation);
                 let t = job.samples.first().map_or(0, |s| s.len());
                 let mode = lrp::auto_mode(model, t);
                 lrp::check_memory(model, t, mode, true, job.force_memory)?;

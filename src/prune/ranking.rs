@@ -149,6 +149,13 @@ impl Ranking {
         }
     }
 
+    fn scores(&self) -> Vec<&Vec<f32>> {
+        match self {
+            Ranking::Weights { layers, .. } => layers.iter().map(|l| &l.2).collect(),
+            Ranking::Units { scores, .. } => scores.iter().collect(),
+        }
+    }
+
     fn scores_mut(&mut self) -> Vec<&mut Vec<f32>> {
         match self {
             Ranking::Weights { layers, .. } => layers.iter_mut().map(|l| &mut l.2).collect(),
@@ -159,18 +166,19 @@ impl Ranking {
     /// Contrast two rankings for correction (METHOD.md §3): each set's scores are normalised by
     /// their total (shares `g`, `u`) so the two are on one scale, then combined by `criterion`
     /// into one global order whose lowest components go first. Always one global order.
+    /// Borrows both so that one attribution serves several criteria without copying them.
     pub fn contrast(
-        mut general: Ranking,
-        mut undesired: Ranking,
+        general: &Ranking,
+        undesired: &Ranking,
         criterion: Criterion,
     ) -> Result<Ranking> {
-        let total = |r: &mut Ranking| -> f64 {
-            r.scores_mut()
+        let total = |r: &Ranking| -> f64 {
+            r.scores()
                 .iter()
                 .map(|s| s.iter().map(|&x| x as f64).sum::<f64>())
                 .sum()
         };
-        let (tg, tu) = (total(&mut general), total(&mut undesired));
+        let (tg, tu) = (total(general), total(undesired));
         if !(tg > 0.0 && tu > 0.0) {
             fail!(
                 Input,
@@ -180,9 +188,10 @@ impl Ranking {
         // Ratio smoothing: a tenth of the mean share, so components that are negligible on both
         // sets do not rank as "specific" through noise.
         let delta = 0.1 / general.components().max(1) as f64;
+        let mut out = general.clone();
         {
-            let u = undesired.scores_mut();
-            let g = general.scores_mut();
+            let u = undesired.scores();
+            let g = out.scores_mut();
             if u.len() != g.len() {
                 anyhow::bail!("rankings of different shapes");
             }
@@ -196,10 +205,10 @@ impl Ranking {
                 }
             }
         }
-        if let Ranking::Weights { scope, .. } = &mut general {
+        if let Ranking::Weights { scope, .. } = &mut out {
             *scope = Scope::Global;
         }
-        Ok(general)
+        Ok(out)
     }
 }
 
@@ -380,18 +389,18 @@ mod tests {
         let g = units(vec![vec![0.5, 0.01, 0.29], vec![0.0, 0.2]]);
         let u = units(vec![vec![0.6, 0.2, 0.0], vec![0.0, 0.2]]);
         // Difference: g − u = −0.1, −0.19, 0.29, 0, 0 → specific, big, (dead, half), general.
-        let d = Ranking::contrast(g.clone(), u.clone(), Criterion::Difference).unwrap();
+        let d = Ranking::contrast(&g, &u, Criterion::Difference).unwrap();
         let od = order(&d);
         assert_eq!((&od[..2], od[4]), (&[(0, 1), (0, 0)][..], (0, 2)));
         // Ratio: u/(g+δ), δ = 0.1/5 = 0.02: 1.15, 6.67, 0, 0, 0.91 → specific, big, half.
-        let r = Ranking::contrast(g.clone(), u.clone(), Criterion::Ratio).unwrap();
+        let r = Ranking::contrast(&g, &u, Criterion::Ratio).unwrap();
         assert_eq!(&order(&r)[..3], &[(0, 1), (0, 0), (1, 1)]);
         // Totals are normalised: scaling one set changes nothing.
         let u10 = units(vec![vec![6.0, 2.0, 0.0], vec![0.0, 2.0]]);
-        let r10 = Ranking::contrast(g, u10, Criterion::Ratio).unwrap();
+        let r10 = Ranking::contrast(&g, &u10, Criterion::Ratio).unwrap();
         assert_eq!(order(&r10), order(&r));
         // Nothing reached the components: a clear error.
         let z = units(vec![vec![0.0, 0.0]]);
-        assert!(Ranking::contrast(z.clone(), z, Criterion::Ratio).is_err());
+        assert!(Ranking::contrast(&z, &z, Criterion::Ratio).is_err());
     }
 }

@@ -40,6 +40,13 @@ pub fn data(rel: &str) -> PathBuf {
     p
 }
 
+/// Write `text` to `dir/name` and return the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// Copy the three files a model needs (config.json, model.safetensors, tokenizer.json).
 pub fn copy_model(name: &str, dst: &Path) {
     let src = model_dir(name);
@@ -183,6 +190,41 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         m = m.max(d);
     }
     m
+}
+
+/// Everything under `dir`, recursively and sorted: files with their bytes, folders (`name/`) and
+/// links by name; for "nothing written, inputs untouched".
+pub fn tree(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
+        let mut es: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        es.sort_by_key(|e| e.file_name());
+        for e in es {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                out.push((rel, None));
+            } else if ft.is_dir() {
+                out.push((rel + "/", None));
+                walk(&p, base, out);
+            } else {
+                out.push((rel, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v
+}
+
+/// Rewrite a model's `config.json` through `f`.
+pub fn edit_config(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
 /// Content snapshot of every file in a folder (name → bytes), for "inputs untouched".
