@@ -1,7 +1,7 @@
 //! Attribution benchmark on SmolLM2-135M (GGUF): one attribution (forward + relevance pass +
 //! weight accumulation for all 210 decoder linears) for one sequence of 128 and of 512 tokens,
-//! targets `last` and `next-token`, both memory modes; median of 3 after a warm-up, and the peak
-//! RSS of each configuration. `cargo bench --bench attribution`.
+//! targets `last`, `next-token` and `next-token-logprob`, both memory modes; median of 3 after a
+//! warm-up, and the peak RSS of each configuration. `cargo bench --bench attribution`.
 //! Reference (LXT 2.1 on PyTorch 2.6, same 2-core machine, `last`): 1.43 s and 2.55 s.
 
 use candle_core::Tensor;
@@ -50,7 +50,11 @@ fn main() -> anyhow::Result<()> {
     );
     for mode in [MemoryMode::Recompute, MemoryMode::Store] {
         for &t in &[128usize, 512] {
-            for target in [Target::Last { token: None }, Target::NextToken] {
+            for target in [
+                Target::Last { token: None },
+                Target::NextToken,
+                Target::NextTokenLogprob,
+            ] {
                 let input = Tensor::from_slice(&ids[..t], (1, t), &loaded.model.device)?;
                 let mut run = || -> anyhow::Result<f64> {
                     let s = Instant::now();

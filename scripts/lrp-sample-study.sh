@@ -3,7 +3,7 @@
 # largest count split in 8 shards (run them in parallel, or as jobs of a scheduler), merged as
 # prefixes (the first 1/8, 2/8, 4/8, 8/8 of the same sample list), each pruned 50% per row and
 # evaluated on WikiText-2. Prints "samples ppl_before ppl_after".
-# Usage: SPARC3=target/release/sparc3 DEVICE=cpu|cuda N=1024 AGG=token-abs PAR=8 scripts/lrp-sample-study.sh
+# Usage: SPARC3=target/release/sparc3 DEVICE=cpu|cuda N=1024 TARGET=next-token-logprob AGG=token-abs PAR=8 scripts/lrp-sample-study.sh
 # (PAR=1 runs the shards one after another: the right choice on a small CPU machine; UPTO=4
 # attributes only the first 4 shards, i.e. the 1/8, 2/8 and 4/8 points; a later run with the same
 # WORK folder adds the rest).
@@ -13,6 +13,7 @@ BIN=${SPARC3:-target/release/sparc3}
 DEV=${DEVICE:-cpu}
 N=${N:-1024}
 M=${MODEL:-$S/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}
+TARGET=${TARGET:-next-token-logprob}
 AGG=${AGG:-token-abs}
 PAR=${PAR:-8}
 UPTO=${UPTO:-8}
@@ -21,7 +22,7 @@ for ((i = 0; i < UPTO; i++)); do
   # A finished shard is kept, so an interrupted study resumes where it stopped.
   [ -f "$W/s$i.safetensors" ] && continue
   "$BIN" attribute --device "$DEV" ${THREADS:+--threads "$THREADS"} --model "$M" --data "$S/data/c4/c4_en_first1000.jsonl" \
-    --samples "$N" --seq-len 512 --seed 0 --target next-token --aggregation "$AGG" --shard "$i/8" \
+    --samples "$N" --seq-len 512 --seed 0 --target "$TARGET" --aggregation "$AGG" --shard "$i/8" \
     --out "$W/s$i.safetensors" > /dev/null &
   if (( (i + 1) % PAR == 0 )); then wait; fi
 done

@@ -164,6 +164,10 @@ fn assert_bit_identical(what: &str, a: &RelevanceFile, b: &RelevanceFile) {
 // ---------------------------------------------------------------------------------------------
 
 fn shard_merge_matches_single(model: Option<&Path>, aggregation: &str) {
+    shard_merge_matches_single_for(model, aggregation, "next-token");
+}
+
+fn shard_merge_matches_single_for(model: Option<&Path>, aggregation: &str, target: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let base = [
@@ -173,6 +177,8 @@ fn shard_merge_matches_single(model: Option<&Path>, aggregation: &str) {
         "64",
         "--aggregation",
         aggregation,
+        "--target",
+        target,
     ];
     let single = attribute(model, &base, &d.join("single.st"));
     assert_eq!(single.meta.samples, 6);
@@ -180,7 +186,15 @@ fn shard_merge_matches_single(model: Option<&Path>, aggregation: &str) {
     assert_eq!(single.meta.shards, vec![0]);
     assert_eq!(single.meta.shard_count, 1);
     assert_eq!(single.meta.seq_len, 64);
-    assert_eq!(single.meta.aggregation.name(), aggregation);
+    assert_eq!(
+        single.meta.aggregation.name(),
+        aggregation.replace('-', "_")
+    );
+    assert!(
+        single.meta.target.contains(target),
+        "{}",
+        single.meta.target
+    );
     assert_eq!(single.tensors["tokens.ids"].0, vec![6, 64]);
 
     let mut shard_paths = Vec::new();
@@ -247,6 +261,11 @@ fn shard_merge_equals_single_builtin_abs() {
 #[test]
 fn shard_merge_equals_single_builtin_signed() {
     shard_merge_matches_single(None, "signed");
+}
+
+#[test]
+fn shard_merge_equals_single_builtin_logprob_token_abs() {
+    shard_merge_matches_single_for(None, "token-abs", "next-token-logprob");
 }
 
 #[test]

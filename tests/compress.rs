@@ -884,13 +884,18 @@ fn scores_from_attribute_are_reused_and_checked() {
     let lrp = tmp.path().join("llama-lrp.safetensors");
     let grad = tmp.path().join("llama-grad.safetensors");
     let opt_lrp = tmp.path().join("opt-lrp.safetensors");
-    // compress attributes with per-token |R| by default; the files must hold the same.
-    attribute(&llama, &["--aggregation", "token-abs"], &lrp);
-    attribute(
-        &llama,
-        &["--rule", "grad", "--aggregation", "token-abs"],
-        &grad,
-    );
+    // compress explains next-token log-probabilities with per-token |R| by default; the files
+    // must hold the same.
+    let defaults = [
+        "--aggregation",
+        "token-abs",
+        "--target",
+        "next-token-logprob",
+    ];
+    attribute(&llama, &defaults, &lrp);
+    let mut grad_args = vec!["--rule", "grad"];
+    grad_args.extend_from_slice(&defaults);
+    attribute(&llama, &grad_args, &grad);
     attribute(&opt, &[], &opt_lrp);
 
     for (method, file) in [("lrp", &lrp), ("gradient", &grad)] {
@@ -905,6 +910,13 @@ fn scores_from_attribute_are_reused_and_checked() {
         assert_per_row(method, &pr.mask, |c| floor(c, 0.5));
         assert_eq!(pr.report["scores_file"], f);
         assert_eq!(pr.report["aggregation"], "token_abs");
+        assert!(
+            pr.report["target"]
+                .as_str()
+                .is_some_and(|t| t.contains("next-token-logprob")),
+            "{}",
+            pr.report["target"]
+        );
         assert!(
             pr.report["calibration"].is_null(),
             "no calibration with --scores"
@@ -930,6 +942,25 @@ fn scores_from_attribute_are_reused_and_checked() {
             );
         }
     }
+
+    // A file of another target and aggregation is used as it is, with a note saying so.
+    let other = tmp.path().join("llama-logit-abs.safetensors");
+    attribute(&llama, &[], &other);
+    let r = run_ok(&compress_args(
+        Some(&llama),
+        &["--method", "lrp", "--scores", &p(&other)],
+        &tmp.path().join("other-target"),
+    ));
+    for part in [
+        "note:",
+        "'next-token'",
+        "'abs'",
+        "'next-token-logprob'",
+        "'token_abs'",
+    ] {
+        assert!(r.stderr.contains(part), "{part} missing from: {}", r.stderr);
+    }
+    std::fs::remove_dir_all(tmp.path().join("other-target")).unwrap();
 
     // Scores of another model; scores of the wrong rule.
     let before = common::tree(tmp.path());

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 pub enum TargetArg {
     /// Every position explains the logit of the true next token.
     NextToken,
+    /// Every position explains the log-probability of the true next token (the model's loss).
+    NextTokenLogprob,
     /// The final position explains the argmax logit (or --token).
     Last,
     /// logit(--token) − logit(--foil) at the final position.
@@ -171,6 +173,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     }
     let target = match a.target {
         TargetArg::NextToken => Target::NextToken,
+        TargetArg::NextTokenLogprob => Target::NextTokenLogprob,
         TargetArg::Last => Target::Last { token: a.token },
         TargetArg::LogitDiff => match (a.token, a.foil) {
             (Some(t), Some(f)) => Target::LogitDiff { target: t, foil: f },

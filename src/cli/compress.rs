@@ -44,7 +44,11 @@ pub enum UpdateArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum CompressTarget {
+    /// Every position explains the logit of the true next token.
     NextToken,
+    /// Every position explains the log-probability of the true next token (the model's loss).
+    NextTokenLogprob,
+    /// The final position explains its argmax logit.
     Last,
 }
 
@@ -61,8 +65,9 @@ pub struct CalibArgs {
     pub seq_len: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// What LRP/gradient relevance explains.
-    #[arg(long, value_enum, default_value = "next-token")]
+    /// What LRP/gradient relevance explains (next-token-logprob measured best for compression;
+    /// README).
+    #[arg(long, value_enum, default_value = "next-token-logprob")]
     pub target: CompressTarget,
     /// How LRP/gradient weight relevance is aggregated over tokens and samples (token-abs
     /// measured best for compression; README).
@@ -177,6 +182,7 @@ impl Prepared {
         };
         let target = match c.target {
             CompressTarget::NextToken => Target::NextToken,
+            CompressTarget::NextTokenLogprob => Target::NextTokenLogprob,
             CompressTarget::Last => Target::Last { token: None },
         };
         Ok(Self {
@@ -385,11 +391,17 @@ pub fn run(a: CompressArgs) -> Result<()> {
     pb.finish_and_clear();
     // After the job, so that a refused scores file gets its one error line only.
     if let Some(r) = relevance.as_ref() {
-        if r.meta.aggregation != prep.aggregation {
+        let file_target = serde_json::from_str::<serde_json::Value>(&r.meta.target)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_string))
+            .unwrap_or_else(|| r.meta.target.clone());
+        if r.meta.aggregation != prep.aggregation || file_target != prep.target.name() {
             eprintln!(
-                "note: {} holds '{}' aggregation, used as it is (a fresh attribution would use '{}')",
+                "note: {} holds '{}' relevance with '{}' aggregation, used as it is (a fresh attribution would use '{}' with '{}')",
                 a.prune.scores.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                file_target,
                 r.meta.aggregation.name(),
+                prep.target.name(),
                 prep.aggregation.name()
             );
         }

@@ -23,6 +23,10 @@ use rules::Bwd;
 pub enum Target {
     /// Every position t < T−1 explains the logit of the true next token.
     NextToken,
+    /// Every position t < T−1 explains the log-probability of the true next token (the
+    /// log-softmax's own gradient, `e_y − p`, seeds the pass): relevance for the model's loss
+    /// rather than for one raw logit, so competing tokens count too.
+    NextTokenLogprob,
     /// The final position explains the logit of `token` (default: the argmax).
     Last { token: Option<u32> },
     /// `logit(target) − logit(foil)` at the final position.
@@ -38,6 +42,7 @@ impl Target {
     pub fn name(&self) -> &'static str {
         match self {
             Target::NextToken => "next-token",
+            Target::NextTokenLogprob => "next-token-logprob",
             Target::Last { .. } => "last",
             Target::LogitDiff { .. } => "logit-diff",
             Target::Span { .. } => "span",
@@ -80,7 +85,7 @@ pub fn relevance_pass(
 ) -> Result<PassResult> {
     model.check_input(ids)?;
     let (b, t) = ids.dims2()?;
-    if matches!(target, Target::NextToken) && t < 2 {
+    if matches!(target, Target::NextToken | Target::NextTokenLogprob) && t < 2 {
         fail!(
             Input,
             "next-token relevance needs sequences of at least 2 tokens, got {t}"
@@ -148,7 +153,7 @@ pub fn relevance_pass(
     let mut seeds: Vec<(usize, usize, u32, f32)> = Vec::new();
     let mut target_ids = None;
     match target {
-        Target::NextToken => {
+        Target::NextToken | Target::NextTokenLogprob => {
             for (bi, row) in ids_v.iter().enumerate() {
                 for ti in 0..t - 1 {
                     seeds.push((bi, ti, row[ti + 1], 1.0));
@@ -239,6 +244,32 @@ pub fn relevance_pass(
             }
         }
     })?;
+    if *target == Target::NextTokenLogprob {
+        // log p(y) = logit(y) − logsumexp(logits): subtract the logsumexp from the start
+        // relevance and its gradient `Σ_v p_v·W_v` from the seed, per predicting position.
+        // Rows in chunks, so the `[rows, vocab]` probabilities stay small for long sequences.
+        const ROWS: usize = 128;
+        for (bi, st) in start.iter_mut().enumerate() {
+            for r0 in (0..t - 1).step_by(ROWS) {
+                let rows = ROWS.min(t - 1 - r0);
+                let o = out.get(bi)?.narrow(0, r0, rows)?.to_dtype(DType::F32)?;
+                let logits = crate::kernels::gemm::mm(&o, &head_w.t()?)?;
+                let mx = logits.max_keepdim(1)?;
+                let e = logits.broadcast_sub(&mx)?.exp()?;
+                let s = e.sum_keepdim(1)?;
+                let lse = (s.log()? + mx)?.flatten_all()?.to_vec1::<f32>()?;
+                *st -= lse.iter().map(|v| *v as f64).sum::<f64>();
+                let p = e.broadcast_div(&s)?;
+                let gp = crate::kernels::gemm::mm(&p, &head_w)?;
+                accum::with_f32(&gp, |gv| {
+                    let off = (bi * t + r0) * dout;
+                    for (g, v) in g_out[off..off + rows * dout].iter_mut().zip(gv) {
+                        *g -= v;
+                    }
+                })?;
+            }
+        }
+    }
     let mut g = Tensor::from_vec(g_out, (b, t, dout), &model.device)?;
     if let Some(p) = &model.project_out {
         g = p.backward(&normed, &g, bwd, false)?;
@@ -472,6 +503,86 @@ mod tests {
                 &mut acc,
             );
             assert!(r.is_err());
+        }
+    }
+
+    /// `next-token-logprob` with the plain-gradient rule is `W ⊙ ∇W` of `Σ_t log p(x_{t+1})`:
+    /// its start value is the sequence's log-likelihood and its weight relevance matches a
+    /// central finite difference of that log-likelihood.
+    #[test]
+    fn logprob_target_is_the_log_likelihood_and_its_gradient() {
+        let loaded =
+            crate::source::load(&crate::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+        let m = &loaded.model;
+        // Longer than one chunk of rows of the log-softmax.
+        let ids: Vec<u32> = (0..160).map(|i| (i * 37 + 5) % 500).collect();
+        let loglik = |m: &DecoderModel| -> f64 {
+            let x = Tensor::from_slice(&ids, (1, ids.len()), &m.device).unwrap();
+            let logits = m.forward(&x).unwrap().squeeze(0).unwrap();
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            (0..ids.len() - 1)
+                .map(|t| lp[t][ids[t + 1] as usize] as f64)
+                .sum()
+        };
+        let mut acc = accum::Accumulators::new(accum::Aggregation::Signed);
+        let (_, start) = run_one(
+            m,
+            &ids,
+            &Target::NextTokenLogprob,
+            rules::Rule::Grad,
+            MemoryMode::Store,
+            &mut acc,
+        )
+        .unwrap();
+        let ll = loglik(m);
+        assert!(
+            (start - ll).abs() < 1e-4 * ll.abs(),
+            "start {start} vs {ll}"
+        );
+        // The logit target differs: the softmax's competition is part of the gradient.
+        let mut acc_logit = accum::Accumulators::new(accum::Aggregation::Signed);
+        run_one(
+            m,
+            &ids,
+            &Target::NextToken,
+            rules::Rule::Grad,
+            MemoryMode::Store,
+            &mut acc_logit,
+        )
+        .unwrap();
+        let names: Vec<String> = m.linears().iter().map(|l| l.name.clone()).collect();
+        for name in [names.first().unwrap(), names.last().unwrap()] {
+            let r = &acc.layers[name].weight;
+            assert_ne!(r, &acc_logit.layers[name].weight);
+            // The weight with the largest relevance in this layer.
+            let k = (0..r.len())
+                .max_by(|&a, &b| r[a].abs().total_cmp(&r[b].abs()))
+                .unwrap();
+            let lin = m.linears().into_iter().find(|l| &l.name == name).unwrap();
+            let w = lin.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let h = 1e-2 * w[k].abs().max(1e-3);
+            let at = |d: f32| {
+                let mut m2 = m.clone();
+                let l = m2
+                    .linears_mut()
+                    .into_iter()
+                    .find(|l| &l.name == name)
+                    .unwrap();
+                let mut v = w.clone();
+                v[k] += d;
+                l.weight =
+                    Tensor::from_vec(v, l.weight.dims(), &l.weight.device().clone()).unwrap();
+                loglik(&m2)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h as f64) * w[k] as f64;
+            let rel = r[k] as f64;
+            assert!(
+                (fd - rel).abs() < 0.02 * rel.abs(),
+                "{name}[{k}]: W·∇W {rel} vs finite difference {fd}"
+            );
         }
     }
 }
