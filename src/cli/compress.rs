@@ -391,10 +391,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     pb.finish_and_clear();
     // After the job, so that a refused scores file gets its one error line only.
     if let Some(r) = relevance.as_ref() {
-        let file_target = serde_json::from_str::<serde_json::Value>(&r.meta.target)
-            .ok()
-            .and_then(|v| v["kind"].as_str().map(str::to_string))
-            .unwrap_or_else(|| r.meta.target.clone());
+        let file_target = r.meta.target_name();
         if r.meta.aggregation != prep.aggregation || file_target != prep.target.name() {
             eprintln!(
                 "note: {} holds '{}' relevance with '{}' aggregation, used as it is (a fresh attribution would use '{}' with '{}')",

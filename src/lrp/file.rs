@@ -38,6 +38,14 @@ pub struct RelMeta {
 }
 
 impl RelMeta {
+    /// The target's name (`next-token`, `last`, …): `target` holds the target as JSON.
+    pub fn target_name(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.target)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_string))
+            .unwrap_or_else(|| self.target.clone())
+    }
+
     /// The fields that must agree for two files to be merged or compared.
     fn run_key(&self) -> serde_json::Value {
         serde_json::json!([
