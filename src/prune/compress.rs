@@ -170,17 +170,16 @@ fn choose(
                 "wanda prunes block by block; use --scope row or layer"
             );
         }
-        if job.layers.is_some() {
-            fail!(
-                Usage,
-                "--layers is not supported with wanda's block-by-block replay yet"
-            );
-        }
         let n = model.blocks.len();
-        let masks =
-            scores::wanda_prune(model, job.samples, job.ratio, job.scope, job.pattern, |i| {
-                progress("wanda", i, n)
-            })?;
+        let masks = scores::wanda_prune(
+            model,
+            job.samples,
+            job.ratio,
+            job.scope,
+            job.pattern,
+            selected,
+            |i| progress("wanda", i, n),
+        )?;
         return Ok(CompressResult {
             masks,
             seconds_scores: start.elapsed().as_secs_f64(),

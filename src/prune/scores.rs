@@ -206,6 +206,7 @@ pub fn wanda_prune(
     ratio: f64,
     scope: Scope,
     pattern: Pattern,
+    selected: &dyn Fn(&str) -> bool,
     progress: impl FnMut(usize),
 ) -> Result<HashMap<String, Vec<bool>>> {
     let mut masks = HashMap::new();
@@ -215,6 +216,9 @@ pub fn wanda_prune(
         false,
         |block, sq| {
             for lin in block.linears_mut() {
+                if !selected(&lin.name) {
+                    continue;
+                }
                 let norms = sq[&lin.name].l2();
                 let (o, i) = lin.weight.dims2()?;
                 let norms_t = Tensor::from_vec(norms, (1, i), &lin.weight.device().clone())?;
