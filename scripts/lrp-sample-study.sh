@@ -3,7 +3,7 @@
 # largest count split in 8 shards (run them in parallel, or as jobs of a scheduler), merged as
 # prefixes (the first 1/8, 2/8, 4/8, 8/8 of the same sample list), each pruned 50% per row and
 # evaluated on WikiText-2. Prints "samples ppl_before ppl_after".
-# Usage: SPARC3=target/release/sparc3 DEVICE=cpu|cuda N=1024 TARGET=next-token-logprob AGG=token-abs PAR=8 scripts/lrp-sample-study.sh
+# Usage: SPARC3=target/release/sparc3 DEVICE=cpu|cuda N=1024 TARGET=next-token-logprob AGG=token-sq PAR=8 scripts/lrp-sample-study.sh
 # (PAR=1 runs the shards one after another: the right choice on a small CPU machine; UPTO=4
 # attributes only the first 4 shards, i.e. the 1/8, 2/8 and 4/8 points; a later run with the same
 # WORK folder adds the rest).
@@ -14,7 +14,7 @@ DEV=${DEVICE:-cpu}
 N=${N:-1024}
 M=${MODEL:-$S/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}
 TARGET=${TARGET:-next-token-logprob}
-AGG=${AGG:-token-abs}
+AGG=${AGG:-token-sq}
 PAR=${PAR:-8}
 UPTO=${UPTO:-8}
 W=${WORK:-$(mktemp -d)}

@@ -264,8 +264,8 @@ fn shard_merge_equals_single_builtin_signed() {
 }
 
 #[test]
-fn shard_merge_equals_single_builtin_logprob_token_abs() {
-    shard_merge_matches_single_for(None, "token-abs", "next-token-logprob");
+fn shard_merge_equals_single_builtin_logprob_token_sq() {
+    shard_merge_matches_single_for(None, "token-sq", "next-token-logprob");
 }
 
 #[test]

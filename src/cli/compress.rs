@@ -69,9 +69,9 @@ pub struct CalibArgs {
     /// README).
     #[arg(long, value_enum, default_value = "next-token-logprob")]
     pub target: CompressTarget,
-    /// How LRP/gradient weight relevance is aggregated over tokens and samples (token-abs
-    /// measured best for compression; README).
-    #[arg(long, value_enum, default_value = "token-abs")]
+    /// How LRP/gradient weight relevance is aggregated over tokens and samples (token-sq with
+    /// the log-probability target, an empirical Fisher, measured best for compression; README).
+    #[arg(long, value_enum, default_value = "token-sq")]
     pub aggregation: super::attribute::AggArg,
 }
 
