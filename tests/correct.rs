@@ -209,6 +209,38 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
         n > 0 && n < 20,
         "{n} of 20 attributed records have a flagged word"
     );
+    // Log-probability objective: signed first-order relevance on the undesired side, the
+    // empirical Fisher on general text; another ranking than the logits' from the same sets.
+    let out3 = tmp.path().join("lp");
+    let o3 = out3.to_string_lossy();
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--count",
+        "5",
+        "--criterion",
+        "difference,ratio",
+        "--objective",
+        "logprob",
+        "--eval-prompts",
+        "4",
+        "--out",
+        &o3,
+        "--json",
+    ];
+    args.extend(SMALL);
+    let l = run_ok(&args);
+    assert_eq!(l["protocol"]["objective"], "logprob");
+    assert_eq!(r["protocol"]["objective"], "logit");
+    for c in ["difference", "ratio"] {
+        let name = format!("mask-lrp-{c}-5.safetensors");
+        assert_ne!(
+            std::fs::read(out3.join(&name)).unwrap(),
+            std::fs::read(out.join(&name)).unwrap(),
+            "{c}: the objectives chose the same neurons"
+        );
+    }
 }
 
 #[test]

@@ -179,7 +179,10 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             (Some(t), Some(f)) => Target::LogitDiff { target: t, foil: f },
             _ => fail!(Usage, "--target logit-diff needs --token and --foil"),
         },
-        TargetArg::Span => Target::Span { prompt_len: 1 },
+        TargetArg::Span => Target::Span {
+            prompt_len: 1,
+            logprob: false,
+        },
     };
     let rule = match a.rule {
         RuleArg::Lrp => Rule::Lrp { epsilon: a.epsilon },
@@ -256,6 +259,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     let target_of = |i: usize| match &prompt_lens {
         Some(l) => Target::Span {
             prompt_len: l[lo + i],
+            logprob: false,
         },
         None => target.clone(),
     };

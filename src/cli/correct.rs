@@ -37,6 +37,16 @@ pub enum ExplainArg {
     Flagged,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    /// |Relevance| of the logits on both sets (the paper's).
+    Logit,
+    /// Log-probabilities: the undesired side signed (what removal takes from the behaviour's
+    /// log-likelihood, to first order), the general side per-token squared (an empirical Fisher:
+    /// what removal adds to the general loss, to second order).
+    Logprob,
+}
+
 #[derive(Args, Debug)]
 pub struct CorrectArgs {
     #[command(flatten)]
@@ -79,6 +89,9 @@ pub struct CorrectArgs {
     /// What the undesired relevance explains.
     #[arg(long, value_enum, default_value = "continuation")]
     pub explain: ExplainArg,
+    /// What relevance explains on the two sets, and how it is summed (LRP and gradient).
+    #[arg(long, value_enum, default_value = "logit")]
+    pub objective: ObjectiveArg,
     /// How the two sets' normalised scores are combined; a comma-separated list sweeps each
     /// from the same attribution.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "difference")]
@@ -182,6 +195,10 @@ pub fn run(a: CorrectArgs) -> Result<()> {
             criteria.push(c);
         }
     }
+    let objective = match a.objective {
+        ObjectiveArg::Logit => correct::Objective::Logit,
+        ObjectiveArg::Logprob => correct::Objective::Logprob,
+    };
     let set = undesired::read(&a.toxic_set, a.holdout, a.seed)?;
     let lexicon = match &a.lexicon {
         Some(p) => {
@@ -307,12 +324,14 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let mut attr_targets: Vec<(Vec<u32>, Target)> = Vec::with_capacity(attr_seqs.len());
     for (ids, plen) in attr_seqs {
         match a.explain {
-            ExplainArg::Continuation => attr_targets.push((ids, Target::Span { prompt_len: plen })),
+            ExplainArg::Continuation => {
+                attr_targets.push((ids, objective.undesired_target(plen, None)))
+            }
             ExplainArg::Flagged => {
                 let f = lexicon.flagged_tokens(tok, &ids[plen..])?;
                 if !f.is_empty() {
                     let positions = f.iter().map(|i| plen + i).collect();
-                    attr_targets.push((ids, Target::Tokens { positions }));
+                    attr_targets.push((ids, objective.undesired_target(plen, Some(positions))));
                 }
             }
         }
@@ -348,6 +367,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "config_sha256": loaded.config_sha256,
         "undesired_set": set.info,
         "attributed_prompts": attr_targets.len(),
+        "objective": objective,
         "explain": match a.explain { ExplainArg::Continuation => "continuation", ExplainArg::Flagged => "flagged" },
         "evaluated_prompts": eval_seqs.len(),
         "general_set": general.info,
@@ -390,7 +410,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         let t0 = std::time::Instant::now();
         let fp = |set: &str, sha: &str| {
             json!({"config": loaded.config_sha256, "dtype": super::dtype_name(req.dtype),
-                   "method": m.name(), "granularity": granularity, "layers": a.layers,
+                   "method": m.name(), "objective": objective, "granularity": granularity, "layers": a.layers,
                    "set": set, "ids_sha256": sha})
         };
         let runs = [
@@ -411,6 +431,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         let (g, u) = correct::rank_sets(
             model,
             m,
+            objective,
             granularity,
             &attr_targets,
             &general.samples,

@@ -31,11 +31,15 @@ pub enum Target {
     Last { token: Option<u32> },
     /// `logit(target) − logit(foil)` at the final position.
     LogitDiff { target: u32, foil: u32 },
-    /// The logits of the continuation tokens after a prompt of `prompt_len` tokens.
-    Span { prompt_len: usize },
-    /// The logits of the tokens at these positions (each predicted from the one before), e.g.
-    /// only the flagged words of a continuation.
-    Tokens { positions: Vec<usize> },
+    /// The logits of the continuation tokens after a prompt of `prompt_len` tokens (with
+    /// `logprob`: their log-probabilities, as `NextTokenLogprob` is to `NextToken`).
+    Span { prompt_len: usize, logprob: bool },
+    /// The logits (or log-probabilities) of the tokens at these positions (each predicted from
+    /// the one before), e.g. only the flagged words of a continuation.
+    Tokens {
+        positions: Vec<usize>,
+        logprob: bool,
+    },
 }
 
 impl Target {
@@ -45,9 +49,21 @@ impl Target {
             Target::NextTokenLogprob => "next-token-logprob",
             Target::Last { .. } => "last",
             Target::LogitDiff { .. } => "logit-diff",
-            Target::Span { .. } => "span",
-            Target::Tokens { .. } => "tokens",
+            Target::Span { logprob: false, .. } => "span",
+            Target::Span { logprob: true, .. } => "span-logprob",
+            Target::Tokens { logprob: false, .. } => "tokens",
+            Target::Tokens { logprob: true, .. } => "tokens-logprob",
         }
+    }
+
+    /// Whether each explained token's log-probability (not its logit) is explained.
+    pub fn is_logprob(&self) -> bool {
+        matches!(
+            self,
+            Target::NextTokenLogprob
+                | Target::Span { logprob: true, .. }
+                | Target::Tokens { logprob: true, .. }
+        )
     }
 }
 
@@ -91,12 +107,12 @@ pub fn relevance_pass(
             "next-token relevance needs sequences of at least 2 tokens, got {t}"
         );
     }
-    if let Target::Span { prompt_len } = target {
+    if let Target::Span { prompt_len, .. } = target {
         if *prompt_len == 0 || *prompt_len >= t {
             fail!(Input, "a continuation span needs a non-empty prompt and continuation ({prompt_len} of {t} tokens)");
         }
     }
-    if let Target::Tokens { positions } = target {
+    if let Target::Tokens { positions, .. } = target {
         if positions.is_empty() || positions.iter().any(|&p| p == 0 || p >= t) {
             fail!(
                 Input,
@@ -160,14 +176,14 @@ pub fn relevance_pass(
                 }
             }
         }
-        Target::Span { prompt_len } => {
+        Target::Span { prompt_len, .. } => {
             for (bi, row) in ids_v.iter().enumerate() {
                 for ti in prompt_len - 1..t - 1 {
                     seeds.push((bi, ti, row[ti + 1], 1.0));
                 }
             }
         }
-        Target::Tokens { positions } => {
+        Target::Tokens { positions, .. } => {
             for (bi, row) in ids_v.iter().enumerate() {
                 for &p in positions {
                     seeds.push((bi, p - 1, row[p], 1.0));
@@ -244,27 +260,50 @@ pub fn relevance_pass(
             }
         }
     })?;
-    if *target == Target::NextTokenLogprob {
-        // log p(y) = logit(y) − logsumexp(logits): subtract the logsumexp from the start
-        // relevance and its gradient `Σ_v p_v·W_v` from the seed, per predicting position.
-        // Rows in chunks, so the `[rows, vocab]` probabilities stay small for long sequences.
+    if target.is_logprob() {
+        // log p(y) = logit(y) − logsumexp(logits): subtract each explaining position's
+        // logsumexp from the start relevance and its gradient `Σ_v p_v·W_v` from the seed,
+        // weighted by that position's seed coefficients. Rows in chunks, so the `[rows, vocab]`
+        // probabilities stay small for long sequences.
+        let mut coef = vec![0f32; b * t];
+        for &(bi, ti, _, c) in &seeds {
+            coef[bi * t + ti] += c;
+        }
         const ROWS: usize = 128;
         for (bi, st) in start.iter_mut().enumerate() {
-            for r0 in (0..t - 1).step_by(ROWS) {
-                let rows = ROWS.min(t - 1 - r0);
+            let rows_of = &coef[bi * t..(bi + 1) * t];
+            let (Some(first), Some(last)) = (
+                rows_of.iter().position(|&c| c != 0.0),
+                rows_of.iter().rposition(|&c| c != 0.0),
+            ) else {
+                continue;
+            };
+            for r0 in (first..=last).step_by(ROWS) {
+                let rows = ROWS.min(last + 1 - r0);
+                let cv = &rows_of[r0..r0 + rows];
                 let o = out.get(bi)?.narrow(0, r0, rows)?.to_dtype(DType::F32)?;
                 let logits = crate::kernels::gemm::mm(&o, &head_w.t()?)?;
                 let mx = logits.max_keepdim(1)?;
                 let e = logits.broadcast_sub(&mx)?.exp()?;
                 let s = e.sum_keepdim(1)?;
                 let lse = (s.log()? + mx)?.flatten_all()?.to_vec1::<f32>()?;
-                *st -= lse.iter().map(|v| *v as f64).sum::<f64>();
+                *st -= lse
+                    .iter()
+                    .zip(cv)
+                    .map(|(v, c)| *v as f64 * *c as f64)
+                    .sum::<f64>();
                 let p = e.broadcast_div(&s)?;
                 let gp = crate::kernels::gemm::mm(&p, &head_w)?;
                 accum::with_f32(&gp, |gv| {
                     let off = (bi * t + r0) * dout;
-                    for (g, v) in g_out[off..off + rows * dout].iter_mut().zip(gv) {
-                        *g -= v;
+                    for (r, c) in cv.iter().enumerate() {
+                        if *c == 0.0 {
+                            continue;
+                        }
+                        let gs = &mut g_out[off + r * dout..off + (r + 1) * dout];
+                        for (g, v) in gs.iter_mut().zip(&gv[r * dout..(r + 1) * dout]) {
+                            *g -= c * v;
+                        }
                     }
                 })?;
             }
@@ -476,9 +515,13 @@ mod tests {
             .unwrap();
             (acc, tok, start)
         };
-        let (a, ta, sa) = run(Target::Span { prompt_len: 10 });
+        let (a, ta, sa) = run(Target::Span {
+            prompt_len: 10,
+            logprob: false,
+        });
         let (b, tb, sb) = run(Target::Tokens {
             positions: (10..24).collect(),
+            logprob: false,
         });
         assert_eq!(sa, sb);
         assert_eq!(ta, tb);
@@ -487,6 +530,7 @@ mod tests {
         }
         let (c, _, sc) = run(Target::Tokens {
             positions: vec![12, 20],
+            logprob: false,
         });
         assert_ne!(sc, sa);
         let k = a.layers.keys().next().unwrap();
@@ -497,7 +541,10 @@ mod tests {
             let r = run_one(
                 m,
                 &ids,
-                &Target::Tokens { positions: bad },
+                &Target::Tokens {
+                    positions: bad,
+                    logprob: false,
+                },
                 rules::Rule::Grad,
                 MemoryMode::Store,
                 &mut acc,
@@ -542,6 +589,47 @@ mod tests {
             (start - ll).abs() < 1e-4 * ll.abs(),
             "start {start} vs {ll}"
         );
+        // A span of log-probabilities is the same seed restricted to the continuation: from
+        // the first position it is the whole sequence's; from a later one, its start value is
+        // the continuation's log-likelihood.
+        let mut acc_span = accum::Accumulators::new(accum::Aggregation::Signed);
+        let span = |prompt_len| Target::Span {
+            prompt_len,
+            logprob: true,
+        };
+        let (_, s1) = run_one(
+            m,
+            &ids,
+            &span(1),
+            rules::Rule::Grad,
+            MemoryMode::Store,
+            &mut acc_span,
+        )
+        .unwrap();
+        assert_eq!(s1, start);
+        for (k, l) in &acc.layers {
+            assert_eq!(l.weight, acc_span.layers[k].weight, "{k}");
+        }
+        let x = Tensor::from_slice(&ids, (1, ids.len()), &m.device).unwrap();
+        let lp =
+            candle_nn::ops::log_softmax(&m.forward(&x).unwrap().squeeze(0).unwrap(), D::Minus1)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+        let cont: f64 = (139..ids.len() - 1)
+            .map(|t| lp[t][ids[t + 1] as usize] as f64)
+            .sum();
+        let mut acc_tail = accum::Accumulators::new(accum::Aggregation::Signed);
+        let (_, s140) = run_one(
+            m,
+            &ids,
+            &span(140),
+            rules::Rule::Grad,
+            MemoryMode::Store,
+            &mut acc_tail,
+        )
+        .unwrap();
+        assert!((s140 - cont).abs() < 1e-4 * cont.abs(), "{s140} vs {cont}");
         // The logit target differs: the softmax's competition is part of the gradient.
         let mut acc_logit = accum::Accumulators::new(accum::Aggregation::Signed);
         run_one(

@@ -31,6 +31,7 @@ pub fn rank_task(
             target: prompts[i].target_id,
             foil: prompts[i].foil_id,
         },
+        crate::lrp::accum::Aggregation::Abs,
         method,
         granularity,
         scope,

@@ -5,18 +5,70 @@
 
 use super::ranking::{rank, AttrRun, Method, Ranking};
 use super::structured::Granularity;
+use crate::lrp::accum::Aggregation;
 use crate::lrp::Target;
 use crate::model::DecoderModel;
 use anyhow::Result;
 
+/// What the two sets' relevance explains, and how it is summed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The paper's: |relevance| of the logits of the undesired continuations and of general
+    /// text's next tokens.
+    Logit,
+    /// Log-probabilities. Undesired side signed: to first order, what removing a component takes
+    /// away from the behaviour's log-likelihood (negative where removal would raise it). General
+    /// side per-token squared (`Σ_t R_t²`, an empirical Fisher): to second order, what removal
+    /// adds to the loss on general text, whose first-order term vanishes at a trained optimum.
+    Logprob,
+}
+
+impl Objective {
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Logit => "logit",
+            Objective::Logprob => "logprob",
+        }
+    }
+
+    /// The target for an undesired record: its continuation span, or only `positions`.
+    pub fn undesired_target(self, prompt_len: usize, positions: Option<Vec<usize>>) -> Target {
+        let logprob = self == Objective::Logprob;
+        match positions {
+            None => Target::Span {
+                prompt_len,
+                logprob,
+            },
+            Some(positions) => Target::Tokens { positions, logprob },
+        }
+    }
+
+    /// `(undesired, general)` aggregations.
+    fn aggregations(self) -> (Aggregation, Aggregation) {
+        match self {
+            Objective::Logit => (Aggregation::Abs, Aggregation::Abs),
+            Objective::Logprob => (Aggregation::Signed, Aggregation::TokenSq),
+        }
+    }
+
+    fn general_target(self) -> Target {
+        match self {
+            Objective::Logit => Target::NextToken,
+            Objective::Logprob => Target::NextTokenLogprob,
+        }
+    }
+}
+
 /// Score the selected components on both sets (one attribution each, `runs`: undesired,
-/// general): `(general, undesired)`, to be contrasted by `Ranking::contrast` with any
+/// general; what each explains: `objective`): `(general, undesired)`, to be contrasted by `Ranking::contrast` with any
 /// criterion. `undesired`: `prompt ++ continuation` with what to explain in it (the
 /// continuation span, or only its flagged tokens); `general`: text windows.
 #[allow(clippy::too_many_arguments)]
 pub fn rank_sets(
     model: &DecoderModel,
     method: Method,
+    objective: Objective,
     granularity: Granularity,
     undesired: &[(Vec<u32>, Target)],
     general: &[Vec<u32>],
@@ -25,11 +77,14 @@ pub fn rank_sets(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<(Ranking, Ranking)> {
     let scope = super::mask::Scope::Global;
+    let (u_agg, g_agg) = objective.aggregations();
+    let general_target = objective.general_target();
     let u_ids: Vec<Vec<u32>> = undesired.iter().map(|u| u.0.clone()).collect();
     let u = rank(
         model,
         &u_ids,
         &|i| undesired[i].1.clone(),
+        u_agg,
         method,
         granularity,
         scope,
@@ -40,7 +95,8 @@ pub fn rank_sets(
     let g = rank(
         model,
         general,
-        &|_| Target::NextToken,
+        &|_| general_target.clone(),
+        g_agg,
         method,
         granularity,
         scope,

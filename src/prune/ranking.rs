@@ -164,7 +164,8 @@ impl Ranking {
     }
 
     /// Contrast two rankings for correction (METHOD.md §3): each set's scores are normalised by
-    /// their total (shares `g`, `u`) so the two are on one scale, then combined by `criterion`
+    /// their total magnitude (shares `g`, `u`; a signed `u` stays signed) so the two are on one
+    /// scale, then combined by `criterion`
     /// into one global order whose lowest components go first. Always one global order.
     /// Borrows both so that one attribution serves several criteria without copying them.
     pub fn contrast(
@@ -175,7 +176,7 @@ impl Ranking {
         let total = |r: &Ranking| -> f64 {
             r.scores()
                 .iter()
-                .map(|s| s.iter().map(|&x| x as f64).sum::<f64>())
+                .map(|s| s.iter().map(|&x| (x as f64).abs()).sum::<f64>())
                 .sum()
         };
         let (tg, tu) = (total(general), total(undesired));
@@ -253,12 +254,14 @@ pub struct AttrRun {
 }
 
 /// Rank the selected components by `method` over `samples` (one attribution; `target` says
-/// what relevance explains for each sample).
+/// what relevance explains for each sample, `aggregation` how samples and tokens are summed:
+/// `Signed` keeps the sign in the scores, the others are magnitudes).
 #[allow(clippy::too_many_arguments)]
 pub fn rank(
     model: &DecoderModel,
     samples: &[Vec<u32>],
     target: &dyn Fn(usize) -> Target,
+    aggregation: Aggregation,
     method: Method,
     granularity: Granularity,
     scope: Scope,
@@ -278,7 +281,7 @@ pub fn rank(
             } else {
                 Rule::Grad
             };
-            let mut acc = Accumulators::new(Aggregation::Abs);
+            let mut acc = Accumulators::new(aggregation);
             // Units need only the relevance reaching them, not every weight's.
             acc.per_weight = granularity == Granularity::Weight;
             let t = samples.iter().map(|s| s.len()).max().unwrap_or(1);
@@ -326,6 +329,7 @@ pub fn rank(
         let (o, i) = l.weight.dims2()?;
         let s = match &src {
             Src::Rel(acc) => match acc.layers.get(&l.name) {
+                Some(a) if aggregation == Aggregation::Signed => a.weight.clone(),
                 Some(a) => a.weight.iter().map(|v| v.abs()).collect(),
                 None => fail!(Input, "no relevance reached {}", l.name),
             },
@@ -402,5 +406,20 @@ mod tests {
         // Nothing reached the components: a clear error.
         let z = units(vec![vec![0.0, 0.0]]);
         assert!(Ranking::contrast(&z, &z, Criterion::Ratio).is_err());
+    }
+
+    #[test]
+    fn signed_undesired_scores_keep_their_sign() {
+        // Undesired side signed (`--objective logprob`): a component whose removal would raise
+        // the behaviour (negative) goes last under both criteria, however specific; totals are
+        // magnitudes, so the opposite signs do not cancel into an error.
+        let g = units(vec![vec![0.25, 0.25, 0.25, 0.25]]);
+        let u = units(vec![vec![2.0, -3.0, 0.5, 0.0]]);
+        for c in [Criterion::Difference, Criterion::Ratio] {
+            let r = Ranking::contrast(&g, &u, c).unwrap();
+            assert_eq!(order(&r), [(0, 0), (0, 2), (0, 3), (0, 1)], "{c:?}");
+        }
+        let cancel = units(vec![vec![1.0, -1.0, 0.0, 0.0]]);
+        assert!(Ranking::contrast(&g, &cancel, Criterion::Ratio).is_ok());
     }
 }

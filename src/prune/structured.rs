@@ -86,7 +86,8 @@ pub fn unit_groups(
 }
 
 /// Unit scores from relevance accumulators: the relevance reaching each unit's output columns
-/// (`Σ_t x ⊙ g` of the reading layer's inputs, summed over the unit's columns).
+/// (`Σ_t x ⊙ g` of the reading layer's inputs, summed over the unit's columns; magnitudes
+/// already, except under the signed aggregation, whose sign is kept).
 pub fn scores_from_relevance(
     groups: &[UnitGroup],
     acc: &std::collections::BTreeMap<String, LinearAcc>,
@@ -99,7 +100,7 @@ pub fn scores_from_relevance(
             };
             Ok(l.inputs
                 .chunks(g.cols.1)
-                .map(|c| c.iter().map(|v| v.abs()).sum::<f32>())
+                .map(|c| c.iter().sum::<f32>())
                 .collect())
         })
         .collect()
