@@ -606,12 +606,12 @@ fn eos_ids(cfg: &Value) -> Vec<u32> {
 
 fn print_table(dense: &Behaviour, rows: &[(&str, usize, &Behaviour)]) {
     println!(
-        "{:<12} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9}",
+        "{:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9}",
         "method", "count", "logp/tok", "flag-smp", "flag-pr", "flag-grd", "uniq", "ppl"
     );
     let line = |name: &str, c: String, b: &Behaviour| {
         println!(
-            "{:<12} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>8.3} {:>9}",
+            "{:<20} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>8.3} {:>9}",
             name,
             c,
             b.logprob_per_token,

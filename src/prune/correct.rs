@@ -25,13 +25,6 @@ pub enum Objective {
 }
 
 impl Objective {
-    pub fn name(self) -> &'static str {
-        match self {
-            Objective::Logit => "logit",
-            Objective::Logprob => "logprob",
-        }
-    }
-
     /// The target for an undesired record: its continuation span, or only `positions`.
     pub fn undesired_target(self, prompt_len: usize, positions: Option<Vec<usize>>) -> Target {
         let logprob = self == Objective::Logprob;
@@ -61,8 +54,8 @@ impl Objective {
 }
 
 /// Score the selected components on both sets (one attribution each, `runs`: undesired,
-/// general; what each explains: `objective`): `(general, undesired)`, to be contrasted by `Ranking::contrast` with any
-/// criterion. `undesired`: `prompt ++ continuation` with what to explain in it (the
+/// general; what each explains: `objective`): `(general, undesired)`, to be contrasted by
+/// `Ranking::contrast` with any criterion. `undesired`: `prompt ++ continuation` with what to explain in it (the
 /// continuation span, or only its flagged tokens); `general`: text windows.
 #[allow(clippy::too_many_arguments)]
 pub fn rank_sets(
