@@ -15,6 +15,13 @@ Variants (for hunting the 66.38 reference) via --variant:
                (dense) forward instead of the pruned layer's (i.e. missing second forward)
 --dtype float16/bfloat16 runs the calibration in that dtype (eval always float32 weights
 of the pruned model, cast back).
+
+--method sparsegpt: faithful SparseGPT as the Wanda repository runs it (lib/prune.py
+prune_sparsegpt + lib/sparsegpt.py SparseGPT.fasterprune, itself IST-DASLab/sparsegpt's):
+Hessian 2/n·XXᵀ as a running mean, dead inputs, 1% damping, upper Cholesky of H⁻¹, 128-column
+blocks whose mask is the block's lowest W²/diag(H⁻¹)² (all rows together), OBS updates; one
+hooked forward of the dense block for all its linears, prune, a second forward for the next
+block's inputs. Measured: MEASURED.
 """
 import argparse, json, math, os, sys, time
 import torch
@@ -30,6 +37,7 @@ p.add_argument("--ratio", type=float, default=0.5)
 p.add_argument("--windows", type=int, default=64)
 p.add_argument("--seqlen", type=int, default=512)
 p.add_argument("--variant", default="official")
+p.add_argument("--method", default="wanda", choices=["wanda", "sparsegpt"])
 p.add_argument("--dtype", default="float32")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--dense", action="store_true", help="only evaluate the dense model")
@@ -223,6 +231,120 @@ def prune_wanda_noreplay(model, samples):
     return masks
 
 
+class SparseGPT:
+    """lib/sparsegpt.py SparseGPT (unstructured path)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.rows, self.columns = layer.weight.shape
+        self.H = torch.zeros((self.columns, self.columns))
+        self.nsamples = 0
+
+    def add_batch(self, inp, out):
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        if len(inp.shape) == 3:
+            inp = inp.reshape((-1, inp.shape[-1]))
+        inp = inp.t()
+        self.H *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = math.sqrt(2 / self.nsamples) * inp.float()
+        self.H += inp.matmul(inp.t())
+
+    def fasterprune(self, sparsity, blocksize=128, percdamp=0.01):
+        W = self.layer.weight.data.clone().float()
+        H = self.H
+        del self.H
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        damp = percdamp * torch.mean(torch.diag(H))
+        diag = torch.arange(self.columns)
+        H[diag, diag] += damp
+        H = torch.linalg.cholesky(H)
+        H = torch.cholesky_inverse(H)
+        H = torch.linalg.cholesky(H, upper=True)
+        Hinv = H
+        full_mask = torch.zeros_like(W, dtype=torch.bool)
+        for i1 in range(0, self.columns, blocksize):
+            i2 = min(i1 + blocksize, self.columns)
+            count = i2 - i1
+            W1 = W[:, i1:i2].clone()
+            Q1 = torch.zeros_like(W1)
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+            mask1 = tmp <= thresh
+            for i in range(count):
+                w = W1[:, i]
+                d = Hinv1[i, i]
+                q = w.clone()
+                q[mask1[:, i]] = 0
+                Q1[:, i] = q
+                err1 = (w - q) / d
+                W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+                Err1[:, i] = err1
+            W[:, i1:i2] = Q1
+            full_mask[:, i1:i2] = mask1
+            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+        self.layer.weight.data = W.reshape(self.layer.weight.shape).to(self.layer.weight.data.dtype)
+        return full_mask
+
+
+@torch.no_grad()
+def prune_sparsegpt(model, samples, dtype):
+    """lib/prune.py prune_sparsegpt: per block, one hooked forward for every linear, prune each,
+    then the pruned block's outputs become the next block's inputs."""
+    layers = model.model.layers
+    n, L, hid = len(samples), samples.shape[1], model.config.hidden_size
+    inps = torch.zeros((n, L, hid), dtype=dtype)
+    cache = {"i": 0, "kw": None}
+
+    class Catcher(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, inp, **kwargs):
+            inps[cache["i"]] = inp[0]
+            cache["i"] += 1
+            cache["kw"] = kwargs
+            raise ValueError
+
+    layers[0] = Catcher(layers[0])
+    for j in range(n):
+        try:
+            model(samples[j:j + 1], use_cache=False)
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    kw = cache["kw"]
+    fw_kw = {"attention_mask": kw.get("attention_mask"), "position_ids": kw.get("position_ids"),
+             "position_embeddings": tuple(t.to(dtype) for t in kw["position_embeddings"]), "use_cache": False}
+    outs = torch.zeros_like(inps)
+    masks = {}
+    for i in range(len(layers)):
+        layer = layers[i]
+        subset = find_layers(layer)
+        gpts = {name: SparseGPT(subset[name]) for name in subset}
+        handles = [subset[name].register_forward_hook(
+            (lambda nm: (lambda _, inp, out: gpts[nm].add_batch(inp[0].data, out.data)))(name)) for name in subset]
+        for j in range(n):
+            outs[j] = layer(inps[j].unsqueeze(0), **fw_kw)[0]
+        for h in handles:
+            h.remove()
+        for name in gpts:
+            m = gpts[name].fasterprune(args.ratio)
+            masks[f"model.layers.{i}.{name}.weight"] = m.to(torch.uint8).contiguous()
+        for j in range(n):
+            outs[j] = layer(inps[j].unsqueeze(0), **fw_kw)[0]
+        inps, outs = outs, inps
+        log(f"layer {i} pruned")
+    return masks
+
+
 def main():
     t0 = time.time()
     model = load_model()
@@ -236,12 +358,17 @@ def main():
             orig = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.to(dtype)
         t1 = time.time()
-        if args.variant == "noreplay":
+        if args.method == "sparsegpt":
+            res["method"] = "sparsegpt"
+            masks = prune_sparsegpt(model, samples, dtype)
+        elif args.variant == "noreplay":
             masks = prune_wanda_noreplay(model, samples)
         else:
             masks = prune_wanda(model, samples, args.variant, dtype)
         log(f"pruned in {time.time() - t1:.1f}s")
-        if dtype != torch.float32:
+        if dtype != torch.float32 and args.method == "sparsegpt":
+            model.to(torch.float32)  # the OBS updates are the result: keep them
+        elif dtype != torch.float32:
             model.to(torch.float32)
             sd = model.state_dict()
             for k in sd:

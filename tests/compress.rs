@@ -921,6 +921,15 @@ fn scores_from_attribute_are_reused_and_checked() {
             pr.report["calibration"].is_null(),
             "no calibration with --scores"
         );
+        // The reused file's protocol travels into the report.
+        let sp = &pr.report["scores_protocol"];
+        assert_eq!(sp["samples"], sp["samples_total"], "{sp}");
+        assert!(sp["samples"].as_u64().unwrap() > 0, "{sp}");
+        assert!(sp["rule"].is_string(), "{sp}");
+        assert!(
+            sp["data_sha256"].as_str().is_some_and(|h| h.len() == 64),
+            "{sp}"
+        );
         // Lowest |relevance| per row.
         let rel = read_st(file);
         for (name, (shape, m)) in &pr.mask {

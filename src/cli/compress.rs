@@ -430,6 +430,8 @@ pub fn run(a: CompressArgs) -> Result<()> {
         "layers_regex": a.prune.layers,
         "calibration": calib.as_ref().map(|c| &c.info),
         "scores_file": a.prune.scores,
+        // A reused relevance file's own protocol (data, samples, seq_len, seed, rule, shards).
+        "scores_protocol": relevance.as_ref().map(|r| &r.meta),
         "target": relevance.as_ref().map_or(job.target.name().to_string(), |r| r.meta.target.clone()),
         "aggregation": relevance.as_ref().map_or(job.aggregation, |r| r.meta.aggregation),
         "eval": prep.eval_info(before.as_ref().map(|b| b.windows)),

@@ -163,6 +163,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         "layers_regex": a.prune.layers,
         "calibration": prep.calib.as_ref().map(|c| &c.info),
         "scores_file": a.prune.scores,
+        "scores_protocol": relevance.as_ref().map(|r| &r.meta),
         "target": prep.target.name(),
         "aggregation": prep.aggregation,
         "eval": prep.eval_info(Some(dense.windows)),
