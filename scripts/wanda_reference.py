@@ -21,7 +21,8 @@ prune_sparsegpt + lib/sparsegpt.py SparseGPT.fasterprune, itself IST-DASLab/spar
 Hessian 2/n·XXᵀ as a running mean, dead inputs, 1% damping, upper Cholesky of H⁻¹, 128-column
 blocks whose mask is the block's lowest W²/diag(H⁻¹)² (all rows together), OBS updates; one
 hooked forward of the dense block for all its linears, prune, a second forward for the next
-block's inputs. Measured: MEASURED.
+block's inputs. Measured (float32, 73 min on 2 cores): 59.909; sparc3 60.31; the issue's
+figure 60.42.
 """
 import argparse, json, math, os, sys, time
 import torch
