@@ -140,11 +140,11 @@ def prune_rows(W, metric, ratio):
 
 
 @torch.no_grad()
-def prune_wanda(model, samples, variant, dtype):
+def capture_inputs(model, samples, dtype):
+    """The first block's inputs for every sample and the keyword arguments of its forward
+    (the references' Catcher), in `dtype`."""
     layers = model.model.layers
-    n = len(samples)
-    L = samples.shape[1]
-    hid = model.config.hidden_size
+    n, L, hid = len(samples), samples.shape[1], model.config.hidden_size
     inps = torch.zeros((n, L, hid), dtype=dtype)
     cache = {"i": 0, "kw": None}
 
@@ -168,10 +168,17 @@ def prune_wanda(model, samples, variant, dtype):
     layers[0] = layers[0].module
     kw = cache["kw"]
     fw_kw = {"attention_mask": kw.get("attention_mask"), "position_ids": kw.get("position_ids"),
-             "position_embeddings": kw.get("position_embeddings"), "use_cache": False}
+             "position_embeddings": tuple(t.to(dtype) for t in kw["position_embeddings"]), "use_cache": False}
     if fw_kw["attention_mask"] is not None:
         fw_kw["attention_mask"] = fw_kw["attention_mask"].to(dtype)
-    fw_kw["position_embeddings"] = tuple(t.to(dtype) for t in fw_kw["position_embeddings"])
+    return inps, fw_kw
+
+
+@torch.no_grad()
+def prune_wanda(model, samples, variant, dtype):
+    layers = model.model.layers
+    n = len(samples)
+    inps, fw_kw = capture_inputs(model, samples, dtype)
     outs = torch.zeros_like(inps)
     masks = {}
 
@@ -299,31 +306,8 @@ def prune_sparsegpt(model, samples, dtype):
     """lib/prune.py prune_sparsegpt: per block, one hooked forward for every linear, prune each,
     then the pruned block's outputs become the next block's inputs."""
     layers = model.model.layers
-    n, L, hid = len(samples), samples.shape[1], model.config.hidden_size
-    inps = torch.zeros((n, L, hid), dtype=dtype)
-    cache = {"i": 0, "kw": None}
-
-    class Catcher(nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, inp, **kwargs):
-            inps[cache["i"]] = inp[0]
-            cache["i"] += 1
-            cache["kw"] = kwargs
-            raise ValueError
-
-    layers[0] = Catcher(layers[0])
-    for j in range(n):
-        try:
-            model(samples[j:j + 1], use_cache=False)
-        except ValueError:
-            pass
-    layers[0] = layers[0].module
-    kw = cache["kw"]
-    fw_kw = {"attention_mask": kw.get("attention_mask"), "position_ids": kw.get("position_ids"),
-             "position_embeddings": tuple(t.to(dtype) for t in kw["position_embeddings"]), "use_cache": False}
+    n = len(samples)
+    inps, fw_kw = capture_inputs(model, samples, dtype)
     outs = torch.zeros_like(inps)
     masks = {}
     for i in range(len(layers)):
