@@ -35,6 +35,10 @@ pub enum ExplainArg {
     /// Only the continuation tokens inside words the lexicon flags (records without one are
     /// not attributed).
     Flagged,
+    /// At every continuation position, the probability that the next token begins a word of
+    /// the lexicon (its whole-word tokens; the second piece of a split word after the first):
+    /// the expected number of listed words, which sampling turns into flagged samples.
+    Lexicon,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -322,6 +326,10 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let attr_seqs = correct::complete(model, attr, a.new_tokens)?;
     // What each attributed record explains.
     let mut attr_targets: Vec<(Vec<u32>, Target)> = Vec::with_capacity(attr_seqs.len());
+    let token_set = match a.explain {
+        ExplainArg::Lexicon => Some(std::sync::Arc::new(lexicon.token_set(tok)?)),
+        _ => None,
+    };
     for (ids, plen) in attr_seqs {
         match a.explain {
             ExplainArg::Continuation => {
@@ -334,6 +342,13 @@ pub fn run(a: CorrectArgs) -> Result<()> {
                     attr_targets.push((ids, objective.undesired_target(plen, Some(positions))));
                 }
             }
+            ExplainArg::Lexicon => attr_targets.push((
+                ids,
+                Target::SetMass {
+                    prompt_len: plen,
+                    set: token_set.clone().expect("built above"),
+                },
+            )),
         }
     }
     if attr_targets.is_empty() {
@@ -368,7 +383,8 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "undesired_set": set.info,
         "attributed_prompts": attr_targets.len(),
         "objective": objective,
-        "explain": match a.explain { ExplainArg::Continuation => "continuation", ExplainArg::Flagged => "flagged" },
+        "explain": match a.explain { ExplainArg::Continuation => "continuation", ExplainArg::Flagged => "flagged", ExplainArg::Lexicon => "lexicon" },
+        "lexicon_tokens": token_set.as_ref().map(|s| s.len()),
         "evaluated_prompts": eval_seqs.len(),
         "general_set": general.info,
         "lexicon": {"file": lexicon.label, "sha256": lexicon.sha256, "entries": lexicon.entries},
@@ -411,7 +427,8 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         let fp = |set: &str, sha: &str| {
             json!({"config": loaded.config_sha256, "dtype": super::dtype_name(req.dtype),
                    "method": m.name(), "objective": objective, "granularity": granularity, "layers": a.layers,
-                   "set": set, "ids_sha256": sha})
+                   "set": set, "ids_sha256": sha,
+                   "token_set_lexicon": token_set.as_ref().map(|_| &lexicon.sha256)})
         };
         let runs = [
             a.resume.attr_run(

@@ -5,7 +5,7 @@ use crate::fail;
 use crate::model::DecoderModel;
 use anyhow::Result;
 use candle_core::{Tensor, D};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// The built-in word list (better_profanity's, MIT; see configs/lexicon-en.LICENSE.txt).
 pub const BUILTIN_LEXICON: &str = include_str!("../../configs/lexicon-en.txt");
@@ -113,6 +113,54 @@ impl Lexicon {
             }
         }
         out
+    }
+
+    /// The next tokens that begin a listed word, for `Target::SetMass`: every vocabulary token
+    /// that is a whole listed word after a space (any case), and, for words the tokenizer
+    /// splits, their second piece after their first. Tokens without the leading space are left
+    /// out: inside other words they are mostly harmless pieces.
+    pub fn token_set(&self, tok: &tokenizers::Tokenizer) -> Result<crate::lrp::TokenSet> {
+        let err = |e| anyhow::anyhow!("tokenizing the lexicon {}: {e}", self.label);
+        let mut always = BTreeSet::new();
+        for id in 0..tok.get_vocab_size(true) as u32 {
+            let s = tok.decode(&[id], false).map_err(err)?;
+            if s.starts_with(' ') {
+                let w = words_of(&s);
+                if w.len() == 1 && self.words.contains(&w[0]) {
+                    always.insert(id);
+                }
+            }
+        }
+        let mut after: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for w in &self.words {
+            let mut cap = w.clone();
+            if let Some(c) = cap.get_mut(0..1) {
+                c.make_ascii_uppercase();
+            }
+            for v in [w.clone(), cap, w.to_uppercase()] {
+                let enc = tok.encode(format!(" {v}"), false).map_err(err)?;
+                if let [first, second, ..] = enc.get_ids() {
+                    if !always.contains(second) {
+                        after.entry(*first).or_default().insert(*second);
+                    }
+                }
+            }
+        }
+        let set = crate::lrp::TokenSet {
+            always: always.into_iter().collect(),
+            after: after
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect(),
+        };
+        if set.is_empty() {
+            fail!(
+                Input,
+                "lexicon {}: none of its words is a token or begins with one",
+                self.label
+            );
+        }
+        Ok(set)
     }
 
     /// Indices of the tokens of `tokens` whose decoded text overlaps a flagged word.
@@ -315,6 +363,36 @@ impl BehaviourEval<'_> {
 #[cfg(test)]
 mod flagged_tests {
     use super::*;
+
+    #[test]
+    fn lexicon_token_set_has_whole_words_and_second_pieces() {
+        let loaded =
+            crate::source::load(&crate::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+        let tok = &loaded.tokenizer;
+        let ids = |s: &str| tok.encode(s, false).unwrap().get_ids().to_vec();
+        let lx = Lexicon::parse("the\nzxqvbk\n", "test", String::new()).unwrap();
+        let set = lx.token_set(tok).unwrap();
+        let (the, cap) = (ids(" the"), ids(" The"));
+        assert_eq!(the.len(), 1);
+        assert!(set.always.contains(&the[0]));
+        if cap.len() == 1 {
+            assert!(set.always.contains(&cap[0]));
+        }
+        // Without the leading space: not a word start.
+        let bare = ids("the");
+        if bare.len() == 1 {
+            assert!(!set.always.contains(&bare[0]));
+        }
+        let split = ids(" zxqvbk");
+        assert!(split.len() >= 2);
+        assert!(set.after[&split[0]].contains(&split[1]));
+        assert!(set.at(split[0]).any(|v| v == split[1]));
+        assert!(!set.at(the[0]).any(|v| v == split[1]));
+        assert!(Lexicon::parse("qqqq zzzz\n", "phrases only", String::new())
+            .unwrap()
+            .token_set(tok)
+            .is_err());
+    }
 
     #[test]
     fn flagged_spans_and_tokens() {

@@ -40,6 +40,43 @@ pub enum Target {
         positions: Vec<usize>,
         logprob: bool,
     },
+    /// At every continuation position (after a prompt of `prompt_len` tokens), the probability
+    /// that the next token belongs to `set` (e.g. a lexicon's words): the expected number of
+    /// such tokens along the continuation. Signed relevance is, to first order, how much that
+    /// expectation falls when a component is removed.
+    SetMass {
+        prompt_len: usize,
+        #[serde(skip)]
+        set: std::sync::Arc<TokenSet>,
+    },
+}
+
+/// A set of next tokens that may depend on the current one (the later pieces of words that
+/// the tokenizer splits).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenSet {
+    /// In the set at every position.
+    pub always: Vec<u32>,
+    /// In the set when the current token is the key.
+    pub after: std::collections::HashMap<u32, Vec<u32>>,
+}
+
+impl TokenSet {
+    /// The set's members for the position whose input token is `current`.
+    pub fn at(&self, current: u32) -> impl Iterator<Item = u32> + '_ {
+        self.always
+            .iter()
+            .chain(self.after.get(&current).into_iter().flatten())
+            .copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.always.len() + self.after.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Target {
@@ -53,6 +90,7 @@ impl Target {
             Target::Span { logprob: true, .. } => "span-logprob",
             Target::Tokens { logprob: false, .. } => "tokens",
             Target::Tokens { logprob: true, .. } => "tokens-logprob",
+            Target::SetMass { .. } => "set-mass",
         }
     }
 
@@ -107,7 +145,7 @@ pub fn relevance_pass(
             "next-token relevance needs sequences of at least 2 tokens, got {t}"
         );
     }
-    if let Target::Span { prompt_len, .. } = target {
+    if let Target::Span { prompt_len, .. } | Target::SetMass { prompt_len, .. } = target {
         if *prompt_len == 0 || *prompt_len >= t {
             fail!(Input, "a continuation span needs a non-empty prompt and continuation ({prompt_len} of {t} tokens)");
         }
@@ -238,6 +276,8 @@ pub fn relevance_pass(
                 seeds.push((bi, t - 1, *foil, -1.0));
             }
         }
+        // Seeded below from the probabilities.
+        Target::SetMass { .. } => {}
     }
 
     // Start relevance and the gradient at the head's input, without the full vocabulary matmul.
@@ -303,6 +343,44 @@ pub fn relevance_pass(
                         let gs = &mut g_out[off + r * dout..off + (r + 1) * dout];
                         for (g, v) in gs.iter_mut().zip(&gv[r * dout..(r + 1) * dout]) {
                             *g -= c * v;
+                        }
+                    }
+                })?;
+            }
+        }
+    }
+    if let Target::SetMass { prompt_len, set } = target {
+        // m = Σ_{v∈S} p_v per position: ∂m/∂logit_u = p_u·[u∈S] − m·p_u, so the head's input
+        // gets Σ_{v∈S} p_v·W_v − m·Σ_u p_u·W_u. Rows in chunks as above.
+        const ROWS: usize = 128;
+        let ht = head_w.t()?;
+        for (bi, st) in start.iter_mut().enumerate() {
+            for r0 in (prompt_len - 1..t - 1).step_by(ROWS) {
+                let rows = ROWS.min(t - 1 - r0);
+                let o = out.get(bi)?.narrow(0, r0, rows)?.to_dtype(DType::F32)?;
+                let p = candle_nn::ops::softmax_last_dim(&crate::kernels::gemm::mm(&o, &ht)?)?;
+                let gp = crate::kernels::gemm::mm(&p, &head_w)?.to_vec2::<f32>()?;
+                let pv = p.to_vec2::<f32>()?;
+                accum::with_f32(&head_w, |wv| {
+                    for r in 0..rows {
+                        let ti = r0 + r;
+                        let probs = &pv[r];
+                        let mass: f64 = set
+                            .at(ids_v[bi][ti])
+                            .map(|v| probs[v as usize] as f64)
+                            .sum();
+                        *st += mass;
+                        let off = (bi * t + ti) * dout;
+                        let gs = &mut g_out[off..off + dout];
+                        for (g, q) in gs.iter_mut().zip(&gp[r]) {
+                            *g -= mass as f32 * q;
+                        }
+                        for v in set.at(ids_v[bi][ti]) {
+                            let c = probs[v as usize];
+                            let row = &wv[v as usize * dout..(v as usize + 1) * dout];
+                            for (g, w) in gs.iter_mut().zip(row) {
+                                *g += c * w;
+                            }
                         }
                     }
                 })?;
@@ -550,6 +628,72 @@ mod tests {
                 &mut acc,
             );
             assert!(r.is_err());
+        }
+    }
+
+    /// The probability mass of a token set: with one member at one position it is that token's
+    /// probability, and its relevance is the log-probability's scaled by it; members add up;
+    /// a member keyed on the current token counts only after that token.
+    #[test]
+    fn set_mass_is_the_probability_and_adds_over_members() {
+        let loaded =
+            crate::source::load(&crate::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+        let m = &loaded.model;
+        let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 500).collect();
+        let run = |t: Target, rule| {
+            let mut acc = accum::Accumulators::new(accum::Aggregation::Signed);
+            let (_, start) = run_one(m, &ids, &t, rule, MemoryMode::Store, &mut acc).unwrap();
+            (acc, start)
+        };
+        let mass = |always: Vec<u32>, after: Vec<(u32, Vec<u32>)>| Target::SetMass {
+            prompt_len: 19,
+            set: std::sync::Arc::new(TokenSet {
+                always,
+                after: after.into_iter().collect(),
+            }),
+        };
+        let x = Tensor::from_slice(&ids, (1, ids.len()), &m.device).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&m.forward(&x).unwrap().squeeze(0).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let (y, other) = (ids[19], 7u32);
+        let py = probs[18][y as usize] as f64;
+        for rule in [rules::Rule::Grad, rules::Rule::Lrp { epsilon: None }] {
+            let (a, sa) = run(mass(vec![y], vec![]), rule);
+            assert!((sa - py).abs() < 1e-5 * py, "{sa} vs {py}");
+            let (l, _) = run(
+                Target::Tokens {
+                    positions: vec![19],
+                    logprob: true,
+                },
+                rule,
+            );
+            let (b, sb) = run(mass(vec![other], vec![]), rule);
+            let (ab, sab) = run(mass(vec![y, other], vec![]), rule);
+            assert!((sab - sa - sb).abs() < 1e-6);
+            // Keyed on the current token (ids[18]): the same as always in the set; keyed on
+            // another token: not in the set.
+            let (k, sk) = run(mass(vec![], vec![(ids[18], vec![y])]), rule);
+            assert_eq!(sk, sa);
+            let (_, s0) = run(mass(vec![], vec![(ids[18] + 1, vec![y])]), rule);
+            assert_eq!(s0, 0.0);
+            for (name, la) in &a.layers {
+                let (ra, rl) = (&la.weight, &l.layers[name].weight);
+                let scale = rl.iter().fold(0f32, |x, v| x.max(v.abs())) * py as f32;
+                for i in 0..ra.len() {
+                    assert!(
+                        (ra[i] - py as f32 * rl[i]).abs() <= 1e-4 * scale,
+                        "{name}[{i}]"
+                    );
+                    let sum = ra[i] + b.layers[name].weight[i];
+                    assert!(
+                        (ab.layers[name].weight[i] - sum).abs() <= 1e-4 * scale,
+                        "{name}[{i}]"
+                    );
+                }
+                assert_eq!(ra, &k.layers[name].weight, "{name}");
+            }
         }
     }
 
