@@ -241,6 +241,40 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
             "{c}: the objectives chose the same neurons"
         );
     }
+    // The lexicon's word-start probability at every continuation position: every record is
+    // attributed, and the neurons differ from the continuation's log-probability's.
+    let out4 = tmp.path().join("lx");
+    let o4 = out4.to_string_lossy();
+    let mut args = vec![
+        "correct",
+        "--toxic-set",
+        &s,
+        "--count",
+        "5",
+        "--criterion",
+        "ratio",
+        "--objective",
+        "logprob",
+        "--explain",
+        "lexicon",
+        "--lexicon",
+        &lex,
+        "--eval-prompts",
+        "4",
+        "--out",
+        &o4,
+        "--json",
+    ];
+    args.extend(SMALL);
+    let x = run_ok(&args);
+    assert_eq!(x["protocol"]["explain"], "lexicon");
+    assert_eq!(x["protocol"]["attributed_prompts"], 20);
+    assert!(x["protocol"]["lexicon_tokens"].as_u64().unwrap() > 100);
+    assert_ne!(
+        std::fs::read(out4.join("mask-lrp-5.safetensors")).unwrap(),
+        std::fs::read(out3.join("mask-lrp-ratio-5.safetensors")).unwrap(),
+        "explaining the lexicon chose the continuation's neurons"
+    );
 }
 
 #[test]
