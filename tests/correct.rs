@@ -17,6 +17,16 @@ fn run_ok(args: &[&str]) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
 
+/// `correct --toxic-set SET ARGS… --out OUT --json` on the small protocol.
+fn run_small(set: &str, out: &Path, args: &[&str]) -> Value {
+    let o = out.to_string_lossy();
+    let mut all = vec!["correct", "--toxic-set", set];
+    all.extend(args);
+    all.extend(["--out", &o, "--json"]);
+    all.extend(SMALL);
+    run_ok(&all)
+}
+
 /// The first `n` records of the shared toxic RTP subset.
 fn toxic_subset(dir: &Path, n: usize) -> PathBuf {
     let text = std::fs::read_to_string(data("toxicity/rtp_decodingtrust_toxic.jsonl")).unwrap();
@@ -184,25 +194,20 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
     // Explaining only the flagged words of the continuations attributes the records that
     // have one.
     let out2 = tmp.path().join("f");
-    let o2 = out2.to_string_lossy();
-    let mut args = vec![
-        "correct",
-        "--toxic-set",
+    let f = run_small(
         &s,
-        "--count",
-        "5",
-        "--explain",
-        "flagged",
-        "--lexicon",
-        &lex,
-        "--eval-prompts",
-        "4",
-        "--out",
-        &o2,
-        "--json",
-    ];
-    args.extend(SMALL);
-    let f = run_ok(&args);
+        &out2,
+        &[
+            "--count",
+            "5",
+            "--explain",
+            "flagged",
+            "--lexicon",
+            &lex,
+            "--eval-prompts",
+            "4",
+        ],
+    );
     assert_eq!(f["protocol"]["explain"], "flagged");
     let n = f["protocol"]["attributed_prompts"].as_u64().unwrap();
     assert!(
@@ -212,25 +217,20 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
     // Log-probability objective: signed first-order relevance on the undesired side, the
     // empirical Fisher on general text; another ranking than the logits' from the same sets.
     let out3 = tmp.path().join("lp");
-    let o3 = out3.to_string_lossy();
-    let mut args = vec![
-        "correct",
-        "--toxic-set",
+    let l = run_small(
         &s,
-        "--count",
-        "5",
-        "--criterion",
-        "difference,ratio",
-        "--objective",
-        "logprob",
-        "--eval-prompts",
-        "4",
-        "--out",
-        &o3,
-        "--json",
-    ];
-    args.extend(SMALL);
-    let l = run_ok(&args);
+        &out3,
+        &[
+            "--count",
+            "5",
+            "--criterion",
+            "difference,ratio",
+            "--objective",
+            "logprob",
+            "--eval-prompts",
+            "4",
+        ],
+    );
     assert_eq!(l["protocol"]["objective"], "logprob");
     assert_eq!(r["protocol"]["objective"], "logit");
     for c in ["difference", "ratio"] {
@@ -244,29 +244,24 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
     // The lexicon's word-start probability at every continuation position: every record is
     // attributed, and the neurons differ from the continuation's log-probability's.
     let out4 = tmp.path().join("lx");
-    let o4 = out4.to_string_lossy();
-    let mut args = vec![
-        "correct",
-        "--toxic-set",
+    let x = run_small(
         &s,
-        "--count",
-        "5",
-        "--criterion",
-        "ratio",
-        "--objective",
-        "logprob",
-        "--explain",
-        "lexicon",
-        "--lexicon",
-        &lex,
-        "--eval-prompts",
-        "4",
-        "--out",
-        &o4,
-        "--json",
-    ];
-    args.extend(SMALL);
-    let x = run_ok(&args);
+        &out4,
+        &[
+            "--count",
+            "5",
+            "--criterion",
+            "ratio",
+            "--objective",
+            "logprob",
+            "--explain",
+            "lexicon",
+            "--lexicon",
+            &lex,
+            "--eval-prompts",
+            "4",
+        ],
+    );
     assert_eq!(x["protocol"]["explain"], "lexicon");
     assert_eq!(x["protocol"]["attributed_prompts"], 20);
     assert!(x["protocol"]["lexicon_tokens"].as_u64().unwrap() > 100);
