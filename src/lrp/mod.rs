@@ -129,6 +129,23 @@ fn row_sums(x: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(x.sum(D::Minus1)?.to_vec2::<f32>()?)
 }
 
+/// Rows of the head's output taken at a time for the full-vocabulary softmax, so the
+/// `[rows, vocab]` probabilities stay small for long sequences.
+const HEAD_ROWS: usize = 128;
+
+/// For head inputs `o` `[rows, d]`: the softmax over the vocabulary `p`, its log-normaliser
+/// `logsumexp` `[rows, 1]` and `p · W` `[rows, d]` (the softmax's pull on the head's input).
+fn head_softmax(o: &Tensor, head_w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let logits = crate::kernels::gemm::mm(&o.to_dtype(DType::F32)?, &head_w.t()?)?;
+    let mx = logits.max_keepdim(1)?;
+    let e = logits.broadcast_sub(&mx)?.exp()?;
+    let s = e.sum_keepdim(1)?;
+    let lse = (s.log()? + mx)?;
+    let p = e.broadcast_div(&s)?;
+    let gp = crate::kernels::gemm::mm(&p, head_w)?;
+    Ok((p, lse, gp))
+}
+
 /// Run one relevance pass on `ids` `[B, T]`, accumulating weight relevance into `bwd.acc`.
 pub fn relevance_pass(
     model: &DecoderModel,
@@ -309,7 +326,6 @@ pub fn relevance_pass(
         for &(bi, ti, _, c) in &seeds {
             coef[bi * t + ti] += c;
         }
-        const ROWS: usize = 128;
         for (bi, st) in start.iter_mut().enumerate() {
             let rows_of = &coef[bi * t..(bi + 1) * t];
             let (Some(first), Some(last)) = (
@@ -318,22 +334,17 @@ pub fn relevance_pass(
             ) else {
                 continue;
             };
-            for r0 in (first..=last).step_by(ROWS) {
-                let rows = ROWS.min(last + 1 - r0);
+            for r0 in (first..=last).step_by(HEAD_ROWS) {
+                let rows = HEAD_ROWS.min(last + 1 - r0);
                 let cv = &rows_of[r0..r0 + rows];
-                let o = out.get(bi)?.narrow(0, r0, rows)?.to_dtype(DType::F32)?;
-                let logits = crate::kernels::gemm::mm(&o, &head_w.t()?)?;
-                let mx = logits.max_keepdim(1)?;
-                let e = logits.broadcast_sub(&mx)?.exp()?;
-                let s = e.sum_keepdim(1)?;
-                let lse = (s.log()? + mx)?.flatten_all()?.to_vec1::<f32>()?;
+                let o = out.get(bi)?.narrow(0, r0, rows)?;
+                let (_, lse, gp) = head_softmax(&o, &head_w)?;
+                let lse = lse.flatten_all()?.to_vec1::<f32>()?;
                 *st -= lse
                     .iter()
                     .zip(cv)
                     .map(|(v, c)| *v as f64 * *c as f64)
                     .sum::<f64>();
-                let p = e.broadcast_div(&s)?;
-                let gp = crate::kernels::gemm::mm(&p, &head_w)?;
                 accum::with_f32(&gp, |gv| {
                     let off = (bi * t + r0) * dout;
                     for (r, c) in cv.iter().enumerate() {
@@ -352,15 +363,11 @@ pub fn relevance_pass(
     if let Target::SetMass { prompt_len, set } = target {
         // m = Σ_{v∈S} p_v per position: ∂m/∂logit_u = p_u·[u∈S] − m·p_u, so the head's input
         // gets Σ_{v∈S} p_v·W_v − m·Σ_u p_u·W_u. Rows in chunks as above.
-        const ROWS: usize = 128;
-        let ht = head_w.t()?;
         for (bi, st) in start.iter_mut().enumerate() {
-            for r0 in (prompt_len - 1..t - 1).step_by(ROWS) {
-                let rows = ROWS.min(t - 1 - r0);
-                let o = out.get(bi)?.narrow(0, r0, rows)?.to_dtype(DType::F32)?;
-                let p = candle_nn::ops::softmax_last_dim(&crate::kernels::gemm::mm(&o, &ht)?)?;
-                let gp = crate::kernels::gemm::mm(&p, &head_w)?.to_vec2::<f32>()?;
-                let pv = p.to_vec2::<f32>()?;
+            for r0 in (prompt_len - 1..t - 1).step_by(HEAD_ROWS) {
+                let rows = HEAD_ROWS.min(t - 1 - r0);
+                let (p, _, gp) = head_softmax(&out.get(bi)?.narrow(0, r0, rows)?, &head_w)?;
+                let (pv, gp) = (p.to_vec2::<f32>()?, gp.to_vec2::<f32>()?);
                 accum::with_f32(&head_w, |wv| {
                     for r in 0..rows {
                         let ti = r0 + r;
