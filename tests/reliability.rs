@@ -348,3 +348,20 @@ fn killed_and_resumed_correction_gives_the_same_result() {
     assert_eq!(a["sweeps"][0]["points"], b["sweeps"][0]["points"]);
     assert_eq!(a["dense"], b["dense"]);
 }
+
+/// `sparc3 info | head -1`: a reader that closes the pipe early ends sparc3 quietly with the
+/// shell's broken-pipe status (141), never a panic message.
+#[test]
+fn closed_stdout_is_a_quiet_broken_pipe_not_a_panic() {
+    let model = common::model_dir("tiny-random-llama");
+    for args in [
+        vec!["info", "--model", model.to_str().unwrap()],
+        vec!["info", "--model", model.to_str().unwrap(), "--json"],
+    ] {
+        let mut child = spawn(&args);
+        drop(child.stdout.take()); // the reader is gone before anything is printed
+        let (code, stderr) = finish(child);
+        assert_eq!(code, Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

@@ -359,34 +359,34 @@ pub fn run(a: AttributeArgs) -> Result<()> {
             "peak_rss_bytes": crate::util::peak_rss(),
         }));
     } else {
-        println!("model        {}", loaded.origin.label());
-        println!(
+        outln!("model        {}", loaded.origin.label());
+        outln!(
             "data         {} (sha256 {}, {})",
             calib.info.file,
             &calib.info.sha256[..16],
             calib.info.recipe
         );
-        println!(
+        outln!(
             "samples      {} of {} (seq_len {seq_len}, seed {})",
             mine.len(),
             calib.samples.len(),
             a.seed
         );
-        println!(
+        outln!(
             "target/rule  {} / {} ({} aggregation, {:?} memory)",
             target.name(),
             rule.name(),
             aggregation.name(),
             mode
         );
-        println!(
+        outln!(
             "start R      {mean_start:.4} mean per sample; input relevance / start {mean_cons:.3}"
         );
-        println!(
+        outln!(
             "time         {seconds:.2} s ({:.3} s per sample)",
             seconds / mine.len() as f64
         );
-        println!("wrote        {}", a.out.display());
+        outln!("wrote        {}", a.out.display());
     }
     Ok(())
 }

@@ -299,16 +299,19 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         output::print_json(&report);
         return Ok(());
     }
-    println!("model        {}", loaded.origin.label());
-    println!(
+    outln!("model        {}", loaded.origin.label());
+    outln!(
         "task         {} ({} attribution prompts, {} held-out)",
-        tasks.info.name, tasks.info.attribution_prompts, tasks.info.evaluation_prompts
+        tasks.info.name,
+        tasks.info.attribution_prompts,
+        tasks.info.evaluation_prompts
     );
-    println!(
+    outln!(
         "dense        accuracy {:.3}, logit diff {:.3}",
-        dense.accuracy, dense.logit_diff
+        dense.accuracy,
+        dense.logit_diff
     );
-    println!(
+    outln!(
         "circuit      smallest {} fraction keeping ≥ {:.0}% of dense accuracy ({:.3}):",
         unit_word(granularity),
         a.keep_metric * 100.0,
@@ -319,7 +322,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         .zip(report["methods"].as_array().expect("list"))
     {
         let f = &r.found;
-        println!(
+        outln!(
             "  {:<10} kept {:.5} ({} {}; {:.5} of weights)  accuracy {:.3}  logit diff {:.3}  [{:.0} s + {:.0} s, {} evaluations]",
             m.name(),
             f.kept_fraction,
@@ -334,8 +337,8 @@ pub fn run(a: CircuitArgs) -> Result<()> {
         );
         print_where(&pm["survivors"]);
     }
-    println!("time         {seconds:.1} s");
-    println!("wrote        {}", out.display());
+    outln!("time         {seconds:.1} s");
+    outln!("wrote        {}", out.display());
     Ok(())
 }
 
@@ -373,15 +376,17 @@ fn run_mask(
     if a.json {
         output::print_json(&r);
     } else {
-        println!(
+        outln!(
             "dense        accuracy {:.4}, logit diff {:.4}",
-            dense.accuracy, dense.logit_diff
+            dense.accuracy,
+            dense.logit_diff
         );
-        println!(
+        outln!(
             "circuit      accuracy {:.4}, logit diff {:.4}",
-            m.accuracy, m.logit_diff
+            m.accuracy,
+            m.logit_diff
         );
-        println!(
+        outln!(
             "kept         {:.5} of the masked layers' weights",
             kept as f64 / total.max(1) as f64
         );
@@ -486,7 +491,7 @@ fn print_where(s: &Value) {
                 }
             ));
         }
-        println!("             heads kept: {}", per.join(" "));
+        outln!("             heads kept: {}", per.join(" "));
     }
     let mut neurons: Vec<String> = Vec::new();
     for b in s["neurons"].as_array().into_iter().flatten() {
@@ -495,7 +500,7 @@ fn print_where(s: &Value) {
         }
     }
     if !neurons.is_empty() {
-        println!(
+        outln!(
             "             neurons alive per layer: {}",
             neurons.join(" ")
         );
@@ -508,7 +513,7 @@ fn print_where(s: &Value) {
             .filter(|h| h.0 > 0.0)
             .map(|h| format!("{} {:.2}", h.1, h.0))
             .collect();
-        println!("             heads kept most: {}", top.join(", "));
+        outln!("             heads kept most: {}", top.join(", "));
     }
     let mut layers: Vec<(f64, String)> = s["layers"]
         .as_array()
@@ -527,7 +532,7 @@ fn print_where(s: &Value) {
         .take(6)
         .map(|l| format!("{} {:.3}", l.1, l.0))
         .collect();
-    println!("             layers kept most: {}", top.join(", "));
+    outln!("             layers kept most: {}", top.join(", "));
 }
 
 /// Layer × component picture of what survives.

@@ -459,25 +459,29 @@ pub fn run(a: CompressArgs) -> Result<()> {
     if a.json {
         output::print_json(&report);
     } else {
-        println!("model        {}", loaded.origin.label());
-        println!(
+        outln!("model        {}", loaded.origin.label());
+        outln!(
             "method       {} ({:?} scope, {})",
             method.name(),
             scope,
             pattern.name()
         );
-        println!(
+        outln!(
             "sparsity     {:.4} of the pruned layers' weights ({:.4} of all linears)",
-            pruned_share, overall
+            pruned_share,
+            overall
         );
         if let (Some(b), Some(af)) = (&before, &after) {
-            println!(
+            outln!(
                 "perplexity   {:.4} → {:.4} ({} windows of {} tokens)",
-                b.ppl, af.ppl, b.windows, prep.eval_seq
+                b.ppl,
+                af.ppl,
+                b.windows,
+                prep.eval_seq
             );
         }
-        println!("time         {prune_seconds:.1} s");
-        println!("wrote        {}", a.out.display());
+        outln!("time         {prune_seconds:.1} s");
+        outln!("wrote        {}", a.out.display());
     }
     Ok(())
 }

@@ -599,7 +599,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         })
         .collect();
     print_table(&dense, &rows);
-    println!(
+    outln!(
         "wrote {} ({} {} −{cc} {}), {seconds:.0} s",
         out.display(),
         cm.name(),
@@ -622,12 +622,19 @@ fn eos_ids(cfg: &Value) -> Vec<u32> {
 }
 
 fn print_table(dense: &Behaviour, rows: &[(&str, usize, &Behaviour)]) {
-    println!(
+    outln!(
         "{:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9}",
-        "method", "count", "logp/tok", "flag-smp", "flag-pr", "flag-grd", "uniq", "ppl"
+        "method",
+        "count",
+        "logp/tok",
+        "flag-smp",
+        "flag-pr",
+        "flag-grd",
+        "uniq",
+        "ppl"
     );
     let line = |name: &str, c: String, b: &Behaviour| {
-        println!(
+        outln!(
             "{:<20} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>8.3} {:>9}",
             name,
             c,

@@ -66,16 +66,18 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "sparc3_version": env!("CARGO_PKG_VERSION"),
         }));
     } else {
-        println!("model       {}", loaded.origin.label());
-        println!("text        {} (sha256 {})", src.label, &src.sha256[..16]);
-        println!("tokens      {}", r.tokens);
-        println!(
+        outln!("model       {}", loaded.origin.label());
+        outln!("text        {} (sha256 {})", src.label, &src.sha256[..16]);
+        outln!("tokens      {}", r.tokens);
+        outln!(
             "windows     {} of {} (seq_len {})",
-            r.windows, r.available_windows, r.seq_len
+            r.windows,
+            r.available_windows,
+            r.seq_len
         );
-        println!("mean NLL    {:.6}", r.mean_nll);
-        println!("perplexity  {:.4}", r.ppl);
-        println!("seconds     {:.2}", r.seconds);
+        outln!("mean NLL    {:.6}", r.mean_nll);
+        outln!("perplexity  {:.4}", r.ppl);
+        outln!("seconds     {:.2}", r.seconds);
     }
     Ok(())
 }

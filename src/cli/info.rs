@@ -37,34 +37,36 @@ pub fn run(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     let d = &m.dims;
-    println!("model          {}", loaded.origin.label());
-    println!("architecture   {}", d.arch);
-    println!(
+    outln!("model          {}", loaded.origin.label());
+    outln!("architecture   {}", d.arch);
+    outln!(
         "parameters     {} (tied embedding counted once: {})",
         m.parameter_count(),
         m.tied
     );
-    println!(
+    outln!(
         "prunable       {prunable} weights in {} linear layers",
         m.linears().len()
     );
-    println!("layers         {}", d.layers);
-    println!("hidden         {}", d.hidden);
-    println!(
+    outln!("layers         {}", d.layers);
+    outln!("hidden         {}", d.hidden);
+    outln!(
         "heads          {} query, {} key/value, head_dim {}",
-        d.heads, d.kv_heads, d.head_dim
+        d.heads,
+        d.kv_heads,
+        d.head_dim
     );
-    println!("mlp width      {}", d.intermediate);
-    println!("vocab          {}", d.vocab);
-    println!("max positions  {}", d.max_positions);
-    println!(
+    outln!("mlp width      {}", d.intermediate);
+    outln!("vocab          {}", d.vocab);
+    outln!("max positions  {}", d.max_positions);
+    outln!(
         "dtype          {} on disk",
         super::dtype_name(loaded.store.disk_dtype())
     );
-    println!("prunable linear layers:");
+    outln!("prunable linear layers:");
     for l in m.linears() {
         let s = l.weight.dims();
-        println!(
+        outln!(
             "  {:<48} [{}, {}]{}",
             l.name,
             s[0],

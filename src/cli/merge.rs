@@ -31,7 +31,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if a.json {
         output::print_json(&json!({"command": "merge", "out": a.out, "meta": m}));
     } else {
-        println!(
+        outln!(
             "merged {} files: {} of {} samples, shards {:?} of {}; wrote {}",
             a.files.len(),
             m.samples,
@@ -41,7 +41,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
             a.out.display()
         );
         if m.shards.len() < m.shard_count {
-            println!(
+            outln!(
                 "note: {} of {} shards are still missing",
                 m.shard_count - m.shards.len(),
                 m.shard_count

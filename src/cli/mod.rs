@@ -1,5 +1,16 @@
 //! Command-line interface: argument types, dispatch, output. No numerics here.
 
+/// `print!`/`println!` for results on stdout: a reader that closed the pipe early
+/// (`sparc3 info | head -3`) ends the process quietly with the shell's broken-pipe status, 141,
+/// instead of a panic. Results are printed after every output file is in place.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::output::write_stdout(format_args!($($t)*), false) };
+}
+macro_rules! outln {
+    () => { $crate::cli::output::write_stdout(format_args!(""), true) };
+    ($($t:tt)*) => { $crate::cli::output::write_stdout(format_args!($($t)*), true) };
+}
+
 mod attribute;
 mod circuit;
 mod compress;
@@ -16,7 +27,7 @@ use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-const EXIT_CODES: &str = "Exit codes: 0 ok; 1 internal error; 2 invalid arguments; 3 bad input (model, data, scores); 4 cannot write output; 5 insufficient resources; 130 interrupted.";
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 internal error; 2 invalid arguments; 3 bad input (model, data, scores); 4 cannot write output; 5 insufficient resources; 130 interrupted; 141 stdout closed early (broken pipe).";
 
 #[derive(Parser, Debug)]
 #[command(

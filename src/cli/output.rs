@@ -21,5 +21,29 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    outln!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+/// Write results to stdout (see `outln!`). A closed pipe exits 141 without a word, like `cat`;
+/// any other write failure is one error line and exit 4 (cannot write output).
+pub fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let r = out
+        .write_fmt(args)
+        .and_then(|_| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|_| if newline { out.flush() } else { Ok(()) });
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing results to stdout: {e}");
+        std::process::exit(crate::error::Kind::Output.exit_code());
+    }
 }

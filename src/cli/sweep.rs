@@ -204,20 +204,20 @@ pub fn run(a: SweepArgs) -> Result<()> {
         output::print_json(&report);
         return Ok(());
     }
-    print!("{:<8}", "ratio");
+    out!("{:<8}", "ratio");
     for (m, _, _) in &series {
-        print!(" {:>12}", m.name());
+        out!(" {:>12}", m.name());
     }
-    println!();
-    println!("{:<8} {:>12.4}  (dense)", "0", dense.ppl);
+    outln!();
+    outln!("{:<8} {:>12.4}  (dense)", "0", dense.ppl);
     for (i, r) in ratios.iter().enumerate() {
-        print!("{r:<8}");
+        out!("{r:<8}");
         for (_, _, pts) in &series {
-            print!(" {:>12.4}", pts[i].ppl);
+            out!(" {:>12.4}", pts[i].ppl);
         }
-        println!();
+        outln!();
     }
-    println!(
+    outln!(
         "perplexity on {} ({} windows of {}); wrote {}, {seconds:.0} s",
         prep.eval.as_ref().map_or("-", |e| e.0.label.as_str()),
         dense.windows,

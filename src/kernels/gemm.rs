@@ -1,17 +1,56 @@
 //! 2-D matrix products for the linear layers and the relevance pass.
 //!
-//! By default candle's matmul (the `gemm` crate). With the `openblas` or `mkl` cargo feature,
-//! f32 products on the CPU go to that library's `cblas_sgemm` (system OpenBLAS, or Intel MKL's
-//! `libmkl_rt`); operands may be contiguous or transposed views, never copied.
+//! f32 products on the CPU go, in order of preference, to our AVX-512 kernel (`avx512.rs`, on
+//! CPUs that have AVX-512F), to `cblas_sgemm` of the `openblas` or `mkl` cargo feature, or to
+//! candle's matmul (the `gemm` crate). Operands may be contiguous or transposed views, never
+//! copied. `SPARC3_GEMM=candle|blas|avx512` forces one backend (for benchmarks).
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Avx512,
+    Blas,
+    Candle,
+}
+
+fn chosen() -> Backend {
+    static B: OnceLock<Backend> = OnceLock::new();
+    *B.get_or_init(|| {
+        let blas = cfg!(any(feature = "openblas", feature = "mkl"));
+        #[cfg(target_arch = "x86_64")]
+        let avx = super::avx512::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx = false;
+        match std::env::var("SPARC3_GEMM").as_deref() {
+            Ok("candle") => Backend::Candle,
+            Ok("blas") if blas => Backend::Blas,
+            Ok("avx512") if avx => Backend::Avx512,
+            _ if avx => Backend::Avx512,
+            _ if blas => Backend::Blas,
+            _ => Backend::Candle,
+        }
+    })
+}
 
 /// `a · b` for 2-D tensors (`[m, k] · [k, n]`); either operand may be a transposed view.
 pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(any(feature = "openblas", feature = "mkl"))]
-    if let Some(c) = blas::mm(a, b)? {
-        return Ok(c);
+    match chosen() {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => {
+            if let Some(c) = avx::mm(a, b)? {
+                return Ok(c);
+            }
+        }
+        #[cfg(any(feature = "openblas", feature = "mkl"))]
+        Backend::Blas => {
+            if let Some(c) = blas::mm(a, b)? {
+                return Ok(c);
+            }
+        }
+        _ => {}
     }
     Ok(a.matmul(b)?)
 }
@@ -19,14 +58,26 @@ pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Batched product over the two leading axes: `[B, H, m, k] · [B, H, k, n]` → `[B, H, m, n]`;
 /// the last two axes of either operand may be a transposed view.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(any(feature = "openblas", feature = "mkl"))]
-    if let Some(c) = blas::bmm(a, b)? {
-        return Ok(c);
+    match chosen() {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => {
+            if let Some(c) = avx::bmm(a, b)? {
+                return Ok(c);
+            }
+        }
+        #[cfg(any(feature = "openblas", feature = "mkl"))]
+        Backend::Blas => {
+            if let Some(c) = blas::bmm(a, b)? {
+                return Ok(c);
+            }
+        }
+        _ => {}
     }
     Ok(a.matmul(b)?)
 }
 
-/// Number of threads the BLAS backend uses (no-op without the `openblas` feature).
+/// Number of threads the BLAS backend uses (no-op without the `openblas` feature; the AVX-512
+/// kernel runs on the rayon pool).
 pub fn set_threads(n: usize) {
     #[cfg(any(feature = "openblas", feature = "mkl"))]
     blas::set_threads(n);
@@ -35,19 +86,145 @@ pub fn set_threads(n: usize) {
 }
 
 pub fn backend() -> &'static str {
-    if cfg!(feature = "mkl") {
-        "mkl"
-    } else if cfg!(feature = "openblas") {
-        "openblas"
+    match chosen() {
+        Backend::Avx512 => "avx512",
+        Backend::Blas if cfg!(feature = "mkl") => "mkl",
+        Backend::Blas => "openblas",
+        Backend::Candle => "candle-gemm",
+    }
+}
+
+/// (transposed?, leading dimension) of a 2-D layout, if a strided kernel can read it as is.
+fn strided_view(l: &Layout) -> Option<(bool, usize)> {
+    let d = l.dims();
+    let s = l.stride();
+    if d.len() != 2 {
+        return None;
+    }
+    if s[1] == 1 && s[0] >= d[1].max(1) {
+        Some((false, s[0]))
+    } else if s[0] == 1 && s[1] >= d[0].max(1) {
+        Some((true, s[1]))
     } else {
-        "candle-gemm"
+        None
+    }
+}
+
+/// The f32 CPU storage of a tensor, if it has one.
+fn cpu_f32(s: &Storage) -> Option<&[f32]> {
+    match s {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// The inner 2-D layout of a 4-D tensor and the strides of its two leading axes.
+fn inner_view(l: &Layout) -> Option<(bool, usize, [usize; 2])> {
+    let d = l.dims();
+    let s = l.stride();
+    let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
+    strided_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::super::avx512::{matmul, View};
+    use super::{cpu_f32, inner_view, strided_view};
+    use anyhow::Result;
+    use candle_core::{DType, Tensor};
+
+    fn view(ptr: *const f32, transposed: bool, ld: usize) -> View {
+        if transposed {
+            View { ptr, rs: 1, cs: ld }
+        } else {
+            View { ptr, rs: ld, cs: 1 }
+        }
+    }
+
+    pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (m, k) = a.dims2()?;
+        let (k2, n) = b.dims2()?;
+        if k != k2 {
+            anyhow::bail!("matmul shape mismatch: [{m}, {k}] · [{k2}, {n}]");
+        }
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
+            return Ok(None);
+        };
+        let (Some((ta, lda)), Some((tb, ldb))) = (strided_view(la), strided_view(lb)) else {
+            return Ok(None);
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: AVX-512F was detected (the backend is only chosen then); the views were
+        // checked to lie inside their storages; `matmul` writes all m·n outputs.
+        unsafe {
+            matmul(
+                m,
+                n,
+                k,
+                view(va[la.start_offset()..].as_ptr(), ta, lda),
+                view(vb[lb.start_offset()..].as_ptr(), tb, ldb),
+                c.as_mut_ptr(),
+            );
+            c.set_len(m * n);
+        }
+        drop((sa, sb));
+        Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+    }
+
+    pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (b0, h, m, k) = a.dims4()?;
+        let (b1, h1, k2, n) = b.dims4()?;
+        if (b0, h, k) != (b1, h1, k2) {
+            anyhow::bail!("bmm shape mismatch: {:?} · {:?}", a.dims(), b.dims());
+        }
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
+            return Ok(None);
+        };
+        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner_view(la), inner_view(lb)) else {
+            return Ok(None);
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
+        let out = c.as_mut_ptr() as usize;
+        // Small per-head products: one head per task, each single-threaded inside.
+        use rayon::prelude::*;
+        (0..b0 * h).into_par_iter().for_each(|ij| {
+            let (i, j) = (ij / h, ij % h);
+            let pa = va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr();
+            let pb = vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr();
+            // SAFETY: as in `mm`; block (i, j) of m·n outputs is this task's alone.
+            unsafe {
+                super::super::avx512::matmul_single(
+                    m,
+                    n,
+                    k,
+                    view(pa, ta, lda),
+                    view(pb, tb, ldb),
+                    (out as *mut f32).add(ij * m * n),
+                );
+            }
+        });
+        // SAFETY: every (i, j) block of m·n outputs was written above.
+        unsafe { c.set_len(b0 * h * m * n) };
+        drop((sa, sb));
+        Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
     }
 }
 
 #[cfg(any(feature = "openblas", feature = "mkl"))]
 mod blas {
+    use super::{inner_view, strided_view as blas_view};
     use anyhow::Result;
-    use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+    use candle_core::{CpuStorage, DType, Storage, Tensor};
 
     const ROW_MAJOR: i32 = 101;
     const NO_TRANS: i32 = 111;
@@ -90,22 +267,6 @@ mod blas {
         #[cfg(all(feature = "openblas", not(feature = "mkl")))]
         unsafe {
             openblas_set_num_threads(n as i32)
-        }
-    }
-
-    /// (transposed?, leading dimension) of a 2-D layout, if BLAS can read it as is.
-    fn blas_view(l: &Layout) -> Option<(bool, usize)> {
-        let d = l.dims();
-        let s = l.stride();
-        if d.len() != 2 {
-            return None;
-        }
-        if s[1] == 1 && s[0] >= d[1].max(1) {
-            Some((false, s[0]))
-        } else if s[0] == 1 && s[1] >= d[0].max(1) {
-            Some((true, s[1]))
-        } else {
-            None
         }
     }
 
@@ -158,13 +319,7 @@ mod blas {
         else {
             return Ok(None);
         };
-        let inner = |l: &Layout| -> Option<(bool, usize, [usize; 2])> {
-            let d = l.dims();
-            let s = l.stride();
-            let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
-            blas_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
-        };
-        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner(la), inner(lb)) else {
+        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner_view(la), inner_view(lb)) else {
             return Ok(None);
         };
         let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);

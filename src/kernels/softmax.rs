@@ -50,19 +50,21 @@ impl CustomOp1 for CausalSoftmax {
             .zip(data.par_chunks(cols * rpt))
             .enumerate()
             .for_each(|(c, (oc, sc))| {
-                for (k, (o, s)) in oc.chunks_mut(cols).zip(sc.chunks(cols)).enumerate() {
-                    let i = (c * rpt + k) % t;
-                    let vis = &s[..=i];
-                    let m = vis.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-                    let mut sum = 0f32;
-                    for (oj, &sj) in o[..=i].iter_mut().zip(vis) {
-                        let e = fastmath::exp(sj * scale - m);
-                        *oj = e;
-                        sum += e;
-                    }
-                    let inv = 1.0 / sum;
-                    o[..=i].iter_mut().for_each(|x| *x *= inv);
-                }
+                fastmath::wide(
+                    #[inline(always)]
+                    || {
+                        for (k, (o, s)) in oc.chunks_mut(cols).zip(sc.chunks(cols)).enumerate() {
+                            let i = (c * rpt + k) % t;
+                            let vis = &s[..=i];
+                            let m = fastmath::max16(vis) * scale;
+                            for (oj, &sj) in o[..=i].iter_mut().zip(vis) {
+                                *oj = fastmath::exp(sj * scale - m);
+                            }
+                            let inv = 1.0 / fastmath::sum16(&o[..=i]);
+                            o[..=i].iter_mut().for_each(|x| *x *= inv);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -99,18 +101,24 @@ impl CustomOp2 for CausalSoftmaxBackward {
             .zip(p.par_chunks(cols * rpt).zip(g.par_chunks(cols * rpt)))
             .enumerate()
             .for_each(|(ci, (oc, (pc, gc)))| {
-                for (k, ((o, pr), gr)) in oc
-                    .chunks_mut(cols)
-                    .zip(pc.chunks(cols))
-                    .zip(gc.chunks(cols))
-                    .enumerate()
-                {
-                    let i = (ci * rpt + k) % t;
-                    let dot: f32 = pr[..=i].iter().zip(&gr[..=i]).map(|(a, b)| a * b).sum();
-                    for ((oj, &pj), &gj) in o[..=i].iter_mut().zip(&pr[..=i]).zip(&gr[..=i]) {
-                        *oj = c * pj * (gj - dot);
-                    }
-                }
+                fastmath::wide(
+                    #[inline(always)]
+                    || {
+                        for (k, ((o, pr), gr)) in oc
+                            .chunks_mut(cols)
+                            .zip(pc.chunks(cols))
+                            .zip(gc.chunks(cols))
+                            .enumerate()
+                        {
+                            let i = (ci * rpt + k) % t;
+                            let dot = fastmath::dot16(&pr[..=i], &gr[..=i]);
+                            for ((oj, &pj), &gj) in o[..=i].iter_mut().zip(&pr[..=i]).zip(&gr[..=i])
+                            {
+                                *oj = c * pj * (gj - dot);
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
