@@ -2,7 +2,8 @@
 //! weight accumulation for all 210 decoder linears) for one sequence of 128 and of 512 tokens,
 //! targets `last`, `next-token` and `next-token-logprob`, both memory modes; median of 3 after a
 //! warm-up, and the peak RSS of each configuration. `cargo bench --bench attribution`.
-//! Reference (LXT 2.1 on PyTorch 2.6, same 2-core machine, `last`): 1.43 s and 2.55 s.
+//! Reference (LXT 2.1 on PyTorch 2.6, same 2-core machine, `last`): 1.43 s and 2.55 s; the
+//! machines these sessions get vary, so time `scripts/bench_lxt.py` beside it.
 
 use candle_core::Tensor;
 use sparc3::lrp::accum::{Accumulators, Aggregation};
@@ -48,8 +49,18 @@ fn main() -> anyhow::Result<()> {
         "weights + accumulators resident: {:.0} MiB",
         rss_mib("VmRSS:")
     );
+    // SPARC3_BENCH_LENGTHS=128 (comma-separated) and SPARC3_BENCH_MODES=store narrow the grid.
+    let lengths: Vec<usize> = std::env::var("SPARC3_BENCH_LENGTHS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or(vec![128, 512]);
+    let modes_env = std::env::var("SPARC3_BENCH_MODES").unwrap_or_default();
     for mode in [MemoryMode::Recompute, MemoryMode::Store] {
-        for &t in &[128usize, 512] {
+        let name = format!("{mode:?}").to_lowercase();
+        if !modes_env.is_empty() && !modes_env.split(',').any(|m| m.trim() == name) {
+            continue;
+        }
+        for &t in &lengths {
             for target in [
                 Target::Last { token: None },
                 Target::NextToken,

@@ -33,6 +33,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "tied_embeddings": m.tied,
             "dtype": super::dtype_name(loaded.store.disk_dtype()),
             "linears": linears,
+            "device": format!("{:?}", m.device),
+            "cpu_matmul": crate::kernels::gemm::backend(),
         }));
         return Ok(());
     }
@@ -62,6 +64,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
     outln!(
         "dtype          {} on disk",
         super::dtype_name(loaded.store.disk_dtype())
+    );
+    outln!(
+        "device         {:?} (CPU matrix products: {})",
+        m.device,
+        crate::kernels::gemm::backend()
     );
     outln!("prunable linear layers:");
     for l in m.linears() {

@@ -130,10 +130,13 @@ unsafe fn block(m: usize, n: usize, k: usize, a: View, b: View, c: Out, ldc: usi
         if pb.len() < need_b {
             pb.resize(need_b, 0.0);
         }
+        // Equal k blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), rounded up to
+        // whole 16-row transposes.
+        let kb = k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            for pc in (0..k).step_by(kb) {
+                let kc = kb.min(k - pc);
                 pack_b(b, pc, jc, kc, nc, pb);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
@@ -166,11 +169,13 @@ unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: &mut 
         let panel = dst[pi * NR * kc..(pi + 1) * NR * kc].as_mut_ptr();
         let base = b.ptr.add(pc * b.rs + (jc + j0) * b.cs);
         if b.cs == 1 {
+            // Two (masked) 16-lane copies per row; zeros beyond the edge.
+            let (m0, m1) = lanes(w);
             for p in 0..kc {
                 let src = base.add(p * b.rs);
                 let row = panel.add(p * NR);
-                std::ptr::copy_nonoverlapping(src, row, w);
-                std::ptr::write_bytes(row.add(w), 0, NR - w);
+                _mm512_storeu_ps(row, _mm512_maskz_loadu_ps(m0, src));
+                _mm512_storeu_ps(row.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
             }
         } else if b.rs == 1 {
             // Transposed (the linear layers' Wᵀ): column j of B is a contiguous row of W.
@@ -206,11 +211,10 @@ unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: &mut 
         let panel = dst[pi * MR * kc..(pi + 1) * MR * kc].as_mut_ptr();
         let base = a.ptr.add((ic + i0) * a.rs + pc * a.cs);
         if a.rs == 1 {
+            let m = lanes(h).0;
             for p in 0..kc {
-                let src = base.add(p * a.cs);
-                let col = panel.add(p * MR);
-                std::ptr::copy_nonoverlapping(src, col, h);
-                std::ptr::write_bytes(col.add(h), 0, MR - h);
+                let v = _mm512_maskz_loadu_ps(m, base.add(p * a.cs));
+                _mm512_mask_storeu_ps(panel.add(p * MR), (1u32 << MR) as u16 - 1, v);
             }
         } else if a.cs == 1 {
             // Row-major A: row i of the panel is a contiguous row of A.
@@ -308,6 +312,18 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     out
 }
 
+/// Load masks for the first `w` (≤ 32) of two 16-lane vectors.
+fn lanes(w: usize) -> (__mmask16, __mmask16) {
+    let bits = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    };
+    (bits(w), bits(w.saturating_sub(16)))
+}
+
 /// The MR×NR tile `C (+)= Apanel · Bpanel` over kc; only `mr`×`nr` of it is stored.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -332,18 +348,7 @@ unsafe fn kernel(
             row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
         }
     }
-    let m0: __mmask16 = if nr >= 16 {
-        0xffff
-    } else {
-        (1u32 << nr) as u16 - 1
-    };
-    let m1: __mmask16 = if nr >= NR {
-        0xffff
-    } else if nr > 16 {
-        (1u32 << (nr - 16)) as u16 - 1
-    } else {
-        0
-    };
+    let (m0, m1) = lanes(nr);
     for (i, row) in acc.iter().enumerate().take(mr) {
         let cp = c.add(i * ldc);
         let (mut v0, mut v1) = (row[0], row[1]);

@@ -41,6 +41,40 @@ impl Aggregation {
         })
     }
 
+    /// `Σ_t map(x_t ⊙ g_t)` over the rows of two `[T, n]` tensors: one pass, parallel over
+    /// column blocks on the CPU (candle's sum over the leading axis is serial and strided).
+    pub fn token_sum_product(self, x: &Tensor, g: &Tensor) -> Result<Vec<f32>> {
+        let (t, n) = x.dims2()?;
+        if !x.device().is_cpu() {
+            return Ok(self.token_map(&(x * g)?)?.sum(0)?.to_vec1::<f32>()?);
+        }
+        let mut out = vec![0f32; n];
+        with_f32(x, |xv| {
+            with_f32(g, |gv| {
+                out.par_chunks_mut(256).enumerate().for_each(|(c, o)| {
+                    let c0 = c * 256;
+                    crate::kernels::fastmath::wide(
+                        #[inline(always)]
+                        || {
+                            for r in 0..t {
+                                let (xr, gr) = (&xv[r * n + c0..], &gv[r * n + c0..]);
+                                for ((o, &a), &b) in o.iter_mut().zip(xr).zip(gr) {
+                                    let v = a * b;
+                                    *o += match self {
+                                        Aggregation::Abs | Aggregation::Signed => v,
+                                        Aggregation::TokenAbs => v.abs(),
+                                        Aggregation::TokenSq => v * v,
+                                    };
+                                }
+                            }
+                        },
+                    )
+                })
+            })
+        })??;
+        Ok(out)
+    }
+
     /// Contribution of weight (or bias) `w` given the token-summed (mapped) gradient `g`.
     #[inline]
     fn fold(self, w: f32, g: f32) -> f32 {
@@ -150,26 +184,31 @@ impl Accumulators {
                     .par_chunks_mut(4096)
                     .zip(wv.par_chunks(4096).zip(gv.par_chunks(4096)))
                     .for_each(|(a, (w, g))| {
-                        for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
-                            *a += agg.fold(*w, *g);
-                        }
+                        crate::kernels::fastmath::wide(
+                            #[inline(always)]
+                            || {
+                                for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
+                                    *a += agg.fold(*w, *g);
+                                }
+                            },
+                        )
                     })
             })
         })??;
         Ok(())
     }
 
-    /// Add one sample's input-feature relevance `Σ_t map(x ⊙ g_x)` (`[in]`).
-    pub fn add_inputs(&mut self, name: &str, r: &Tensor) -> Result<()> {
+    /// Add one sample's input-feature relevance `Σ_t map(x ⊙ g_x)` (`[in]`, from
+    /// [`Aggregation::token_sum_product`]).
+    pub fn add_inputs(&mut self, name: &str, rv: &[f32]) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
         let agg = self.aggregation;
-        let rv = r.to_vec1::<f32>()?;
         let Some(entry) = self.layers.get_mut(name) else {
             anyhow::bail!("input relevance for {name} before its weight relevance");
         };
-        for (a, r) in entry.inputs.iter_mut().zip(&rv) {
+        for (a, r) in entry.inputs.iter_mut().zip(rv) {
             *a += agg.fold_rel(*r);
         }
         Ok(())

@@ -87,8 +87,8 @@ impl Linear {
                         bwd.acc.add_bias(&self.name, bias, &gm.sum(0)?)?;
                     }
                 }
-                let r_in = agg.token_map(&(&xs * g_x.get(s)?)?)?;
-                bwd.acc.add_inputs(&self.name, &r_in.sum(0)?)?;
+                let r_in = agg.token_sum_product(&xs, &g_x.get(s)?)?;
+                bwd.acc.add_inputs(&self.name, &r_in)?;
             }
         }
         Ok(g_x)
