@@ -1,172 +1,49 @@
-//! f32 matrix product for x86-64 CPUs with AVX-512F: `C = A · B`, BLIS-style.
-//!
-//! Neither the `gemm` crate (AVX-512 only behind its nightly feature) nor Debian's OpenBLAS 0.3.21
-//! (which takes recent AMD cores for Haswell) uses 512-bit registers, and PyTorch's MKL does not
-//! on AMD: on an AVX-512 core this kernel does twice the work per instruction. A and B are strided
-//! views (row-major or transposed, never copied): B is packed into KC×NR column panels, A into
-//! MR×KC row panels, and an 8×32 register tile (16 zmm accumulators) runs over KC. Work is split
-//! over the rayon pool by output columns (or rows); every output element is summed in the same
-//! order whatever the split, so results do not depend on the thread count.
+//! The AVX-512F tile and packing for [`packed`](super::packed): 8×32 (16 zmm accumulators);
+//! transposed operands (the linear layers' Wᵀ, row-major A) packed through 16×16 register
+//! transposes. Neither the `gemm` crate (AVX-512 only behind its nightly feature) nor Debian's
+//! OpenBLAS 0.3.21 (which takes recent AMD cores for Haswell) uses 512-bit registers, and
+//! PyTorch's MKL does not on AMD: on such a core this does twice the work per instruction.
 
+use super::packed::{Isa, View};
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 const MR: usize = 8;
 const NR: usize = 32;
-const KC: usize = 256;
-const MC: usize = 256;
-const NC: usize = 4096;
 
-/// A strided matrix view: element (i, j) at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-pub struct View {
-    pub ptr: *const f32,
-    pub rs: usize,
-    pub cs: usize,
-}
+pub struct Avx512;
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: views are only read, by tasks that end before `matmul` returns.
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
-
-pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-}
-
-thread_local! {
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// `C[m×n] = A[m×k] · B[k×n]` into `c` (row-major, leading dimension `n`), overwriting it.
-///
-/// # Safety
-/// `available()` must hold; `a` and `b` must address m×k and k×n readable f32 values; `c` must
-/// have room for m·n values.
-pub unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
-    if m == 0 || n == 0 {
-        return;
+impl Isa for Avx512 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
     }
-    if k == 0 {
-        std::ptr::write_bytes(c, 0, m * n);
-        return;
+    unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: *mut f32) {
+        pack_a(a, ic, pc, mc, kc, dst)
     }
-    let threads = rayon::current_num_threads().max(1);
-    let flops = m * n * k;
-    let (col_tiles, row_tiles) = (n.div_ceil(NR), m.div_ceil(MR));
-    let parts = if flops < 1 << 18 {
-        1
-    } else {
-        threads.min(col_tiles.max(row_tiles))
-    };
-    if parts <= 1 {
-        block(m, n, k, a, b, Out(c), n);
-        return;
+    unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32) {
+        pack_b(b, pc, jc, kc, nc, dst)
     }
-    let out = c as usize; // moved into the tasks as an address: each writes its own block
-                          // Split columns into `parts` contiguous tile ranges where there are enough (each part then
-                          // packs only its share of B), else rows.
-    let by_cols = col_tiles >= parts || col_tiles >= row_tiles;
-    let (tiles, tile) = if by_cols {
-        (col_tiles, NR)
-    } else {
-        (row_tiles, MR)
-    };
-    rayon::scope(|s| {
-        for p in 0..parts {
-            let lo = tiles * p / parts * tile;
-            let hi = (tiles * (p + 1) / parts * tile).min(if by_cols { n } else { m });
-            if lo >= hi {
-                continue;
-            }
-            s.spawn(move |_| {
-                // SAFETY: the blocks [lo, hi) of columns (or rows) are disjoint across parts.
-                unsafe {
-                    if by_cols {
-                        let b = View {
-                            ptr: b.ptr.add(lo * b.cs),
-                            ..b
-                        };
-                        block(m, hi - lo, k, a, b, Out((out as *mut f32).add(lo)), n);
-                    } else {
-                        let a = View {
-                            ptr: a.ptr.add(lo * a.rs),
-                            ..a
-                        };
-                        block(hi - lo, n, k, a, b, Out((out as *mut f32).add(lo * n)), n);
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// `matmul` on the calling thread alone (for many small products run in parallel).
-///
-/// # Safety
-/// As for `matmul`.
-pub unsafe fn matmul_single(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
-    if m == 0 || n == 0 {
-        return;
+    unsafe fn kernel(
+        kc: usize,
+        pa: *const f32,
+        pb: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        kernel(kc, pa, pb, c, ldc, mr, nr, accumulate)
     }
-    if k == 0 {
-        std::ptr::write_bytes(c, 0, m * n);
-        return;
-    }
-    block(m, n, k, a, b, Out(c), n);
-}
-
-/// One thread's product of an m×n block of C (leading dimension `ldc`).
-unsafe fn block(m: usize, n: usize, k: usize, a: View, b: View, c: Out, ldc: usize) {
-    PACK.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let (pa, pb) = &mut *buf;
-        let need_a = MC.min(m.next_multiple_of(MR)) * KC;
-        let need_b = NC.min(n.next_multiple_of(NR)) * KC;
-        if pa.len() < need_a {
-            pa.resize(need_a, 0.0);
-        }
-        if pb.len() < need_b {
-            pb.resize(need_b, 0.0);
-        }
-        // Equal k blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), rounded up to
-        // whole 16-row transposes.
-        let kb = k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC);
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(kb) {
-                let kc = kb.min(k - pc);
-                pack_b(b, pc, jc, kc, nc, pb);
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
-                    pack_a(a, ic, pc, mc, kc, pa);
-                    for jr in (0..nc).step_by(NR) {
-                        for ir in (0..mc).step_by(MR) {
-                            kernel(
-                                kc,
-                                pa.as_ptr().add(ir * kc),
-                                pb.as_ptr().add(jr * kc),
-                                c.0.add((ic + ir) * ldc + jc + jr),
-                                ldc,
-                                MR.min(mc - ir),
-                                NR.min(nc - jr),
-                                pc > 0,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// B[pc.., jc..] (kc×nc) into NR-wide panels, each kc rows of NR values, zero-padded.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: &mut [f32]) {
+unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32) {
     for (pi, j0) in (0..nc).step_by(NR).enumerate() {
         let w = NR.min(nc - j0);
-        let panel = dst[pi * NR * kc..(pi + 1) * NR * kc].as_mut_ptr();
+        let panel = dst.add(pi * NR * kc);
         let base = b.ptr.add(pc * b.rs + (jc + j0) * b.cs);
         if b.cs == 1 {
             // Two (masked) 16-lane copies per row; zeros beyond the edge.
@@ -205,10 +82,10 @@ unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: &mut 
 
 /// A[ic.., pc..] (mc×kc) into MR-high panels, each kc columns of MR values, zero-padded.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: &mut [f32]) {
+unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: *mut f32) {
     for (pi, i0) in (0..mc).step_by(MR).enumerate() {
         let h = MR.min(mc - i0);
-        let panel = dst[pi * MR * kc..(pi + 1) * MR * kc].as_mut_ptr();
+        let panel = dst.add(pi * MR * kc);
         let base = a.ptr.add((ic + i0) * a.rs + pc * a.cs);
         if a.rs == 1 {
             let m = lanes(h).0;
@@ -358,111 +235,5 @@ unsafe fn kernel(
         }
         _mm512_mask_storeu_ps(cp, m0, v0);
         _mm512_mask_storeu_ps(cp.add(16), m1, v1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[allow(clippy::too_many_arguments)]
-    fn reference(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        ar: usize,
-        ac: usize,
-        b: &[f32],
-        br: usize,
-        bc: usize,
-    ) -> Vec<f64> {
-        let mut c = vec![0f64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                c[i * n + j] = (0..k)
-                    .map(|p| a[i * ar + p * ac] as f64 * b[p * br + j * bc] as f64)
-                    .sum();
-            }
-        }
-        c
-    }
-
-    /// Every shape class (edges in all three dimensions, several KC/MC/NC blocks, one and many
-    /// threads) and every operand layout (row-major, transposed, padded leading dimension)
-    /// against a float64 reference.
-    #[test]
-    fn matches_a_float64_reference_for_every_layout_and_edge() {
-        if !available() {
-            return;
-        }
-        let shapes = [
-            (1, 1, 1),
-            (3, 5, 7),
-            (8, 32, 256),
-            (9, 33, 257),
-            (17, 70, 600),
-            (130, 40, 3),
-            (300, 4100, 20),
-            (64, 600, 520),
-            (260, 7, 300),
-        ];
-        let mut seed = 1u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
-        for &(m, n, k) in &shapes {
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let pad = 3;
-                // Stored with a padded leading dimension; transposed ones stored k-major.
-                let (ar, ac, alen) = if ta {
-                    (1, m + pad, k * (m + pad))
-                } else {
-                    (k + pad, 1, m * (k + pad))
-                };
-                let (br, bc, blen) = if tb {
-                    (1, k + pad, n * (k + pad))
-                } else {
-                    (n + pad, 1, k * (n + pad))
-                };
-                let a: Vec<f32> = (0..alen).map(|_| rnd()).collect();
-                let b: Vec<f32> = (0..blen).map(|_| rnd()).collect();
-                let mut c = vec![f32::NAN; m * n];
-                for threads in [1, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| unsafe {
-                        matmul(
-                            m,
-                            n,
-                            k,
-                            View {
-                                ptr: a.as_ptr(),
-                                rs: ar,
-                                cs: ac,
-                            },
-                            View {
-                                ptr: b.as_ptr(),
-                                rs: br,
-                                cs: bc,
-                            },
-                            c.as_mut_ptr(),
-                        )
-                    });
-                    let r = reference(m, n, k, &a, ar, ac, &b, br, bc);
-                    for (x, y) in c.iter().zip(&r) {
-                        assert!(
-                            (*x as f64 - y).abs() <= 1e-5 * (k as f64).sqrt().max(1.0),
-                            "{m}x{n}x{k} ta={ta} tb={tb} threads={threads}: {x} vs {y}"
-                        );
-                    }
-                }
-            }
-        }
     }
 }

@@ -1,9 +1,10 @@
 //! 2-D matrix products for the linear layers and the relevance pass.
 //!
-//! f32 products on the CPU go, in order of preference, to our AVX-512 kernel (`avx512.rs`, on
-//! CPUs that have AVX-512F), to `cblas_sgemm` of the `openblas` or `mkl` cargo feature, or to
-//! candle's matmul (the `gemm` crate). Operands may be contiguous or transposed views, never
-//! copied. `SPARC3_GEMM=candle|blas|avx512` forces one backend (for benchmarks).
+//! f32 products on the CPU go, in order of preference, to our packed kernel with the AVX-512
+//! tile (`packed.rs`, `avx512.rs`), to `cblas_sgemm` of the `openblas` or `mkl` cargo feature,
+//! or to candle's matmul (the `gemm` crate, whose AVX2 kernels a plain AVX2 tile of ours did
+//! not beat). Operands may be contiguous or transposed views, never copied.
+//! `SPARC3_GEMM=candle|blas|avx512` forces one backend (for benchmarks).
 
 use anyhow::Result;
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
@@ -21,14 +22,17 @@ fn chosen() -> Backend {
     *B.get_or_init(|| {
         let blas = cfg!(any(feature = "openblas", feature = "mkl"));
         #[cfg(target_arch = "x86_64")]
-        let avx = super::avx512::available();
+        let avx512 = {
+            use super::packed::Isa;
+            super::avx512::Avx512::available()
+        };
         #[cfg(not(target_arch = "x86_64"))]
-        let avx = false;
+        let avx512 = false;
         match std::env::var("SPARC3_GEMM").as_deref() {
             Ok("candle") => Backend::Candle,
             Ok("blas") if blas => Backend::Blas,
-            Ok("avx512") if avx => Backend::Avx512,
-            _ if avx => Backend::Avx512,
+            Ok("avx512") if avx512 => Backend::Avx512,
+            _ if avx512 => Backend::Avx512,
             _ if blas => Backend::Blas,
             _ => Backend::Candle,
         }
@@ -40,7 +44,7 @@ pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match chosen() {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
-            if let Some(c) = avx::mm(a, b)? {
+            if let Some(c) = avx::mm::<super::avx512::Avx512>(a, b)? {
                 return Ok(c);
             }
         }
@@ -61,7 +65,7 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match chosen() {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
-            if let Some(c) = avx::bmm(a, b)? {
+            if let Some(c) = avx::bmm::<super::avx512::Avx512>(a, b)? {
                 return Ok(c);
             }
         }
@@ -128,7 +132,7 @@ fn inner_view(l: &Layout) -> Option<(bool, usize, [usize; 2])> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::super::avx512::{matmul, View};
+    use super::super::packed::{matmul, matmul_single, Isa, View};
     use super::{cpu_f32, inner_view, strided_view};
     use anyhow::Result;
     use candle_core::{DType, Tensor};
@@ -141,7 +145,7 @@ mod avx {
         }
     }
 
-    pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    pub fn mm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
             return Ok(None);
         }
@@ -159,10 +163,10 @@ mod avx {
             return Ok(None);
         };
         let mut c: Vec<f32> = Vec::with_capacity(m * n);
-        // SAFETY: AVX-512F was detected (the backend is only chosen then); the views were
+        // SAFETY: the instruction set was detected (the backend is only chosen then); the views were
         // checked to lie inside their storages; `matmul` writes all m·n outputs.
         unsafe {
-            matmul(
+            matmul::<I>(
                 m,
                 n,
                 k,
@@ -176,7 +180,7 @@ mod avx {
         Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
     }
 
-    pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    pub fn bmm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
             return Ok(None);
         }
@@ -203,7 +207,7 @@ mod avx {
             let pb = vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr();
             // SAFETY: as in `mm`; block (i, j) of m·n outputs is this task's alone.
             unsafe {
-                super::super::avx512::matmul_single(
+                matmul_single::<I>(
                     m,
                     n,
                     k,
@@ -304,7 +308,7 @@ mod blas {
     }
 
     /// 4-D batched product into one output buffer (one sgemm per leading index pair).
-    pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    pub fn bmm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
             return Ok(None);
         }
@@ -354,7 +358,7 @@ mod blas {
         Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
     }
 
-    pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    pub fn mm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
             return Ok(None);
         }

@@ -5,6 +5,7 @@
 pub mod avx512;
 pub mod fastmath;
 pub mod gemm;
+pub mod packed;
 pub mod softmax;
 
 pub use softmax::{causal_softmax, causal_softmax_backward};
