@@ -107,6 +107,16 @@ fn attribute(out: &Path, extra: &[&str]) -> Child {
     spawn(&args)
 }
 
+/// `attribute` with 10× the samples: a run that is surely still going after a fixed wait.
+fn long_attribute(out: &Path, extra: &[&str]) -> Child {
+    let o = out.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = ATTR.to_vec();
+    args[2] = "1600";
+    args.extend(["--out", &o]);
+    args.extend(extra);
+    spawn(&args)
+}
+
 #[test]
 fn killed_and_resumed_attribution_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -143,7 +153,7 @@ fn sigterm_stops_with_130_a_checkpoint_and_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("r.safetensors");
     let ckpt = tmp.path().join("r.safetensors.ckpt");
-    let mut child = attribute(&out, &["--checkpoint-every", "1000"]);
+    let mut child = long_attribute(&out, &["--checkpoint-every", "1000"]);
     // Wait until the run is attributing (progress appears only on a terminal: wait a bit).
     std::thread::sleep(Duration::from_millis(1500));
     assert!(child.try_wait().unwrap().is_none(), "still running");
@@ -170,7 +180,7 @@ fn sigterm_stops_with_130_a_checkpoint_and_no_output() {
     ]);
     common::assert_error(&r, 3, &["checkpoint", "different run"]);
     // The same run resumes and finishes.
-    let (code, err) = finish(attribute(&out, &["--resume"]));
+    let (code, err) = finish(long_attribute(&out, &["--resume"]));
     assert_eq!(code, Some(0), "{err}");
     assert!(out.exists() && !ckpt.exists());
 }
@@ -180,7 +190,7 @@ fn sigint_during_compress_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pruned");
     let o = out.to_string_lossy().into_owned();
-    let child = spawn(&["compress", "--samples", "256", "--out", &o]);
+    let child = spawn(&["compress", "--samples", "1024", "--out", &o]);
     std::thread::sleep(Duration::from_millis(1500));
     signal(&child, "-INT");
     let (code, err) = finish(child);
