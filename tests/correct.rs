@@ -357,6 +357,18 @@ fn bad_correction_input_fails_cleanly_and_writes_nothing() {
     case(&ok, &["--holdout", "1.5"], USAGE, &["--holdout"]);
     case(&ok, &["--ratio", "1.2"], USAGE, &["--ratio"]);
     case(&ok, &["--count", "0"], USAGE, &["--count"]);
+    case(
+        &ok,
+        &["--ratio-smoothing", "0"],
+        USAGE,
+        &["--ratio-smoothing"],
+    );
+    case(
+        &ok,
+        &["--ratio-smoothing", "nan"],
+        USAGE,
+        &["--ratio-smoothing"],
+    );
     let lex = common::write_file(tmp.path(), "lex.txt", "\n\n");
     case(
         &ok,

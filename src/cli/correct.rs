@@ -100,6 +100,11 @@ pub struct CorrectArgs {
     /// from the same attribution.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "difference")]
     pub criterion: Vec<CriterionArg>,
+    /// The ratio criterion's smoothing δ, as a fraction of the mean general share: smaller
+    /// removes components general text barely uses (less perplexity and less effect per
+    /// component), larger favours a large undesired share.
+    #[arg(long, default_value_t = crate::prune::ranking::RATIO_SMOOTHING)]
+    pub ratio_smoothing: f64,
     /// Word list flagging undesired text (default: built-in configs/lexicon-en.txt).
     #[arg(long)]
     pub lexicon: Option<PathBuf>,
@@ -180,6 +185,13 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     }
     if a.max_ppl_rise.is_nan() || a.max_ppl_rise < 0.0 {
         fail!(Usage, "--max-ppl-rise must be ≥ 0");
+    }
+    if !(a.ratio_smoothing > 0.0 && a.ratio_smoothing.is_finite()) {
+        fail!(
+            Usage,
+            "--ratio-smoothing must be a positive number, got {}",
+            a.ratio_smoothing
+        );
     }
     let granularity = match a.granularity {
         GranularityArg::Neuron => Granularity::Neuron,
@@ -383,6 +395,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         "undesired_set": set.info,
         "attributed_prompts": attr_targets.len(),
         "objective": objective,
+        "ratio_smoothing": a.ratio_smoothing,
         "explain": match a.explain { ExplainArg::Continuation => "continuation", ExplainArg::Flagged => "flagged", ExplainArg::Lexicon => "lexicon" },
         "lexicon_tokens": token_set.as_ref().map(|s| s.len()),
         "evaluated_prompts": eval_seqs.len(),
@@ -464,7 +477,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         attr_runs.extend(runs);
         for &cr in &criteria {
             let t1 = std::time::Instant::now();
-            let ranking = Ranking::contrast(&g, &u, cr)?;
+            let ranking = Ranking::contrast(&g, &u, cr, a.ratio_smoothing)?;
             let label = if criteria.len() == 1 {
                 m.name().to_string()
             } else {

@@ -168,10 +168,12 @@ impl Ranking {
     /// scale, then combined by `criterion`
     /// into one global order whose lowest components go first. Always one global order.
     /// Borrows both so that one attribution serves several criteria without copying them.
+    /// `smoothing`: the ratio's δ as a fraction of the mean share ([`RATIO_SMOOTHING`]).
     pub fn contrast(
         general: &Ranking,
         undesired: &Ranking,
         criterion: Criterion,
+        smoothing: f64,
     ) -> Result<Ranking> {
         let total = |r: &Ranking| -> f64 {
             r.scores()
@@ -186,9 +188,9 @@ impl Ranking {
                 "no relevance reached the scored components (totals {tg}, {tu})"
             );
         }
-        // Ratio smoothing: a tenth of the mean share, so components that are negligible on both
-        // sets do not rank as "specific" through noise.
-        let delta = 0.1 / general.components().max(1) as f64;
+        // Ratio smoothing (default a tenth of the mean share), so components that are
+        // negligible on both sets do not rank as "specific" through noise.
+        let delta = smoothing / general.components().max(1) as f64;
         let mut out = general.clone();
         {
             let u = undesired.scores();
@@ -212,6 +214,11 @@ impl Ranking {
         Ok(out)
     }
 }
+
+/// Default δ of the ratio criterion, as a fraction of the mean general share: smaller favours
+/// components general text barely uses (less perplexity per component, less effect), larger
+/// favours a large undesired share.
+pub const RATIO_SMOOTHING: f64 = 0.1;
 
 /// How correction combines the general share `g` and the undesired share `u` of a component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -393,19 +400,23 @@ mod tests {
         let g = units(vec![vec![0.5, 0.01, 0.29], vec![0.0, 0.2]]);
         let u = units(vec![vec![0.6, 0.2, 0.0], vec![0.0, 0.2]]);
         // Difference: g − u = −0.1, −0.19, 0.29, 0, 0 → specific, big, (dead, half), general.
-        let d = Ranking::contrast(&g, &u, Criterion::Difference).unwrap();
+        let d = Ranking::contrast(&g, &u, Criterion::Difference, RATIO_SMOOTHING).unwrap();
         let od = order(&d);
         assert_eq!((&od[..2], od[4]), (&[(0, 1), (0, 0)][..], (0, 2)));
         // Ratio: u/(g+δ), δ = 0.1/5 = 0.02: 1.15, 6.67, 0, 0, 0.91 → specific, big, half.
-        let r = Ranking::contrast(&g, &u, Criterion::Ratio).unwrap();
+        let r = Ranking::contrast(&g, &u, Criterion::Ratio, RATIO_SMOOTHING).unwrap();
         assert_eq!(&order(&r)[..3], &[(0, 1), (0, 0), (1, 1)]);
         // Totals are normalised: scaling one set changes nothing.
         let u10 = units(vec![vec![6.0, 2.0, 0.0], vec![0.0, 2.0]]);
-        let r10 = Ranking::contrast(&g, &u10, Criterion::Ratio).unwrap();
+        let r10 = Ranking::contrast(&g, &u10, Criterion::Ratio, RATIO_SMOOTHING).unwrap();
         assert_eq!(order(&r10), order(&r));
+        // Smoothing decides between "big" (0.6 of the behaviour, 0.5 of general text) and a
+        // near-unused one (0.01, 0.2): δ = 10/5 = 2 ranks big first (0.6/2.5 > 0.2/2.01).
+        let r_big = Ranking::contrast(&g, &u, Criterion::Ratio, 10.0).unwrap();
+        assert_eq!(&order(&r_big)[..2], &[(0, 0), (0, 1)]);
         // Nothing reached the components: a clear error.
         let z = units(vec![vec![0.0, 0.0]]);
-        assert!(Ranking::contrast(&z, &z, Criterion::Ratio).is_err());
+        assert!(Ranking::contrast(&z, &z, Criterion::Ratio, RATIO_SMOOTHING).is_err());
     }
 
     #[test]
@@ -416,10 +427,10 @@ mod tests {
         let g = units(vec![vec![0.25, 0.25, 0.25, 0.25]]);
         let u = units(vec![vec![2.0, -3.0, 0.5, 0.0]]);
         for c in [Criterion::Difference, Criterion::Ratio] {
-            let r = Ranking::contrast(&g, &u, c).unwrap();
+            let r = Ranking::contrast(&g, &u, c, RATIO_SMOOTHING).unwrap();
             assert_eq!(order(&r), [(0, 0), (0, 2), (0, 3), (0, 1)], "{c:?}");
         }
         let cancel = units(vec![vec![1.0, -1.0, 0.0, 0.0]]);
-        assert!(Ranking::contrast(&g, &cancel, Criterion::Ratio).is_ok());
+        assert!(Ranking::contrast(&g, &cancel, Criterion::Ratio, RATIO_SMOOTHING).is_ok());
     }
 }
