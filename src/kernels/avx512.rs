@@ -19,10 +19,10 @@ impl Isa for Avx512 {
         std::is_x86_feature_detected!("avx512f")
     }
     unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: *mut f32) {
-        pack_a(a, ic, pc, mc, kc, dst)
+        pack::<MR>(a.ptr.add(ic * a.rs + pc * a.cs), a.rs, a.cs, mc, kc, dst)
     }
     unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32) {
-        pack_b(b, pc, jc, kc, nc, dst)
+        pack::<NR>(b.ptr.add(pc * b.rs + jc * b.cs), b.cs, b.rs, nc, kc, dst)
     }
     unsafe fn kernel(
         kc: usize,
@@ -38,79 +38,57 @@ impl Isa for Avx512 {
     }
 }
 
-/// B[pc.., jc..] (kc×nc) into NR-wide panels, each kc rows of NR values, zero-padded.
+/// Panels of `W` lanes, each `kc` steps of `W` values (`dst[panel][step][lane]`), zero-padded
+/// past `lanes_total`; lane `l`, step `p` of the source at `base + l·ls + p·ss`. A's panels
+/// have rows as lanes (W = MR), B's columns (W = NR). Lanes contiguous (`ls` = 1): masked
+/// 16-lane copies; steps contiguous (`ss` = 1, a row-major A or the Wᵀ of a linear layer):
+/// 16×16 register transposes; otherwise element by element.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32) {
-    for (pi, j0) in (0..nc).step_by(NR).enumerate() {
-        let w = NR.min(nc - j0);
-        let panel = dst.add(pi * NR * kc);
-        let base = b.ptr.add(pc * b.rs + (jc + j0) * b.cs);
-        if b.cs == 1 {
-            // Two (masked) 16-lane copies per row; zeros beyond the edge.
-            let (m0, m1) = lanes(w);
+unsafe fn pack<const W: usize>(
+    base: *const f32,
+    ls: usize,
+    ss: usize,
+    lanes_total: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    for (pi, l0) in (0..lanes_total).step_by(W).enumerate() {
+        let h = W.min(lanes_total - l0);
+        let panel = dst.add(pi * W * kc);
+        let first = base.add(l0 * ls);
+        if ls == 1 {
+            // One pass over the steps, W/16 masked copies each.
             for p in 0..kc {
-                let src = base.add(p * b.rs);
-                let row = panel.add(p * NR);
-                _mm512_storeu_ps(row, _mm512_maskz_loadu_ps(m0, src));
-                _mm512_storeu_ps(row.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
+                for c0 in (0..W).step_by(16) {
+                    let load = lanes(h.saturating_sub(c0)).0;
+                    let store = lanes(16.min(W - c0)).0;
+                    let v = _mm512_maskz_loadu_ps(load, first.add(p * ss + c0));
+                    _mm512_mask_storeu_ps(panel.add(p * W + c0), store, v);
+                }
             }
-        } else if b.rs == 1 {
-            // Transposed (the linear layers' Wᵀ): column j of B is a contiguous row of W.
-            for jb in (0..NR).step_by(16) {
-                let cols: [*const f32; 16] = std::array::from_fn(|i| {
-                    if jb + i < w {
-                        base.add((jb + i) * b.cs)
+            continue;
+        }
+        for c0 in (0..W).step_by(16) {
+            let width = 16.min(W - c0);
+            let valid = h.saturating_sub(c0);
+            if ss == 1 {
+                let src: [*const f32; 16] = std::array::from_fn(|i| {
+                    if i < valid {
+                        first.add((c0 + i) * ls)
                     } else {
                         std::ptr::null()
                     }
                 });
-                transpose_into(&cols, kc, panel.add(jb), NR, 16);
-            }
-        } else {
-            for j in 0..NR {
-                for p in 0..kc {
-                    *panel.add(p * NR + j) = if j < w {
-                        *base.add(p * b.rs + j * b.cs)
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// A[ic.., pc..] (mc×kc) into MR-high panels, each kc columns of MR values, zero-padded.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: *mut f32) {
-    for (pi, i0) in (0..mc).step_by(MR).enumerate() {
-        let h = MR.min(mc - i0);
-        let panel = dst.add(pi * MR * kc);
-        let base = a.ptr.add((ic + i0) * a.rs + pc * a.cs);
-        if a.rs == 1 {
-            let m = lanes(h).0;
-            for p in 0..kc {
-                let v = _mm512_maskz_loadu_ps(m, base.add(p * a.cs));
-                _mm512_mask_storeu_ps(panel.add(p * MR), (1u32 << MR) as u16 - 1, v);
-            }
-        } else if a.cs == 1 {
-            // Row-major A: row i of the panel is a contiguous row of A.
-            let rows: [*const f32; 16] = std::array::from_fn(|i| {
-                if i < h {
-                    base.add(i * a.rs)
-                } else {
-                    std::ptr::null()
-                }
-            });
-            transpose_into(&rows, kc, panel, MR, MR);
-        } else {
-            for i in 0..MR {
-                for p in 0..kc {
-                    *panel.add(p * MR + i) = if i < h {
-                        *base.add(i * a.rs + p * a.cs)
-                    } else {
-                        0.0
-                    };
+                transpose_into(&src, kc, panel.add(c0), W, width);
+            } else {
+                for i in 0..width {
+                    for p in 0..kc {
+                        *panel.add(p * W + c0 + i) = if i < valid {
+                            *first.add((c0 + i) * ls + p * ss)
+                        } else {
+                            0.0
+                        };
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! `SPARC3_GEMM=candle|blas|avx512` forces one backend (for benchmarks).
 
 use anyhow::Result;
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -41,43 +41,33 @@ fn chosen() -> Backend {
 
 /// `a · b` for 2-D tensors (`[m, k] · [k, n]`); either operand may be a transposed view.
 pub fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    match chosen() {
-        #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => {
-            if let Some(c) = avx::mm::<super::avx512::Avx512>(a, b)? {
-                return Ok(c);
-            }
-        }
-        #[cfg(any(feature = "openblas", feature = "mkl"))]
-        Backend::Blas => {
-            if let Some(c) = blas::mm(a, b)? {
-                return Ok(c);
-            }
-        }
-        _ => {}
-    }
-    Ok(a.matmul(b)?)
+    product(a, b, false)
 }
 
 /// Batched product over the two leading axes: `[B, H, m, k] · [B, H, k, n]` → `[B, H, m, n]`;
 /// the last two axes of either operand may be a transposed view.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    match chosen() {
+    product(a, b, true)
+}
+
+/// The chosen backend's product where it can read the operands as they are (f32 on the CPU,
+/// strided views), else candle's.
+fn product(a: &Tensor, b: &Tensor, batched: bool) -> Result<Tensor> {
+    let fast = match chosen() {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => {
-            if let Some(c) = avx::bmm::<super::avx512::Avx512>(a, b)? {
-                return Ok(c);
-            }
-        }
+        Backend::Avx512 if batched => avx::bmm::<super::avx512::Avx512>(a, b)?,
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => avx::mm::<super::avx512::Avx512>(a, b)?,
         #[cfg(any(feature = "openblas", feature = "mkl"))]
-        Backend::Blas => {
-            if let Some(c) = blas::bmm(a, b)? {
-                return Ok(c);
-            }
-        }
-        _ => {}
+        Backend::Blas if batched => blas::bmm(a, b)?,
+        #[cfg(any(feature = "openblas", feature = "mkl"))]
+        Backend::Blas => blas::mm(a, b)?,
+        _ => None,
+    };
+    match fast {
+        Some(c) => Ok(c),
+        None => Ok(a.matmul(b)?),
     }
-    Ok(a.matmul(b)?)
 }
 
 /// Number of threads the BLAS backend uses (no-op without the `openblas` feature; the AVX-512
@@ -97,6 +87,18 @@ pub fn backend() -> &'static str {
         Backend::Candle => "candle-gemm",
     }
 }
+
+/// One operand as the kernels read it: its first element, whether it is a transposed view,
+/// and its leading dimension.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    transposed: bool,
+    ld: usize,
+}
+// SAFETY: operands are only read, by tasks that end before the product returns.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
 
 /// (transposed?, leading dimension) of a 2-D layout, if a strided kernel can read it as is.
 fn strided_view(l: &Layout) -> Option<(bool, usize)> {
@@ -122,113 +124,160 @@ fn cpu_f32(s: &Storage) -> Option<&[f32]> {
     }
 }
 
-/// The inner 2-D layout of a 4-D tensor and the strides of its two leading axes.
-fn inner_view(l: &Layout) -> Option<(bool, usize, [usize; 2])> {
-    let d = l.dims();
-    let s = l.stride();
-    let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
-    strided_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
+fn both_cpu_f32(a: &Tensor, b: &Tensor) -> bool {
+    a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32
+}
+
+/// `a · b` (2-D) by `f(m, n, k, a, b, out)`, which must write all m·n outputs (row-major),
+/// where both operands are f32 CPU strided views; `None` where they are not.
+#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
+fn strided_mm(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(usize, usize, usize, Operand, Operand, *mut f32),
+) -> Result<Option<Tensor>> {
+    if !both_cpu_f32(a, b) {
+        return Ok(None);
+    }
+    let (m, k) = a.dims2()?;
+    let (k2, n) = b.dims2()?;
+    if k != k2 {
+        anyhow::bail!("matmul shape mismatch: [{m}, {k}] · [{k2}, {n}]");
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
+        return Ok(None);
+    };
+    let (Some((ta, lda)), Some((tb, ldb))) = (strided_view(la), strided_view(lb)) else {
+        return Ok(None);
+    };
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    if m > 0 && n > 0 {
+        let x = Operand {
+            ptr: va[la.start_offset()..].as_ptr(),
+            transposed: ta,
+            ld: lda,
+        };
+        let y = Operand {
+            ptr: vb[lb.start_offset()..].as_ptr(),
+            transposed: tb,
+            ld: ldb,
+        };
+        f(m, n, k, x, y, c.as_mut_ptr());
+        // SAFETY: `f` has written every one of the m·n outputs.
+        unsafe { c.set_len(m * n) };
+    }
+    drop((sa, sb));
+    Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+}
+
+/// Batched `[B, H, m, k] · [B, H, k, n]` by `f` per (batch, head) pair as in `strided_mm`, the
+/// pairs in parallel on the rayon pool or in turn.
+#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
+fn strided_bmm(
+    a: &Tensor,
+    b: &Tensor,
+    parallel: bool,
+    f: impl Fn(usize, usize, usize, Operand, Operand, *mut f32) + Sync,
+) -> Result<Option<Tensor>> {
+    if !both_cpu_f32(a, b) {
+        return Ok(None);
+    }
+    let (b0, h, m, k) = a.dims4()?;
+    let (b1, h1, k2, n) = b.dims4()?;
+    if (b0, h, k) != (b1, h1, k2) {
+        anyhow::bail!("bmm shape mismatch: {:?} · {:?}", a.dims(), b.dims());
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
+        return Ok(None);
+    };
+    // The inner 2-D layouts and the strides of the two leading axes.
+    let inner = |l: &Layout| {
+        let (d, s) = (l.dims(), l.stride());
+        let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
+        strided_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
+    };
+    let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner(la), inner(lb)) else {
+        return Ok(None);
+    };
+    let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
+    if m > 0 && n > 0 {
+        let out = c.as_mut_ptr() as usize;
+        let one = |ij: usize| {
+            let (i, j) = (ij / h, ij % h);
+            let x = Operand {
+                ptr: va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr(),
+                transposed: ta,
+                ld: lda,
+            };
+            let y = Operand {
+                ptr: vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr(),
+                transposed: tb,
+                ld: ldb,
+            };
+            // Block (i, j) of m·n outputs is this call's alone.
+            f(m, n, k, x, y, (out as *mut f32).wrapping_add(ij * m * n));
+        };
+        if parallel {
+            use rayon::prelude::*;
+            (0..b0 * h).into_par_iter().for_each(one);
+        } else {
+            (0..b0 * h).for_each(one);
+        }
+        // SAFETY: every (i, j) block of m·n outputs was written.
+        unsafe { c.set_len(b0 * h * m * n) };
+    }
+    drop((sa, sb));
+    Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use super::super::packed::{matmul, matmul_single, Isa, View};
-    use super::{cpu_f32, inner_view, strided_view};
+    use super::Operand;
     use anyhow::Result;
-    use candle_core::{DType, Tensor};
+    use candle_core::Tensor;
 
-    fn view(ptr: *const f32, transposed: bool, ld: usize) -> View {
-        if transposed {
-            View { ptr, rs: 1, cs: ld }
+    fn view(o: Operand) -> View {
+        if o.transposed {
+            View {
+                ptr: o.ptr,
+                rs: 1,
+                cs: o.ld,
+            }
         } else {
-            View { ptr, rs: ld, cs: 1 }
+            View {
+                ptr: o.ptr,
+                rs: o.ld,
+                cs: 1,
+            }
         }
     }
 
     pub fn mm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let (m, k) = a.dims2()?;
-        let (k2, n) = b.dims2()?;
-        if k != k2 {
-            anyhow::bail!("matmul shape mismatch: [{m}, {k}] · [{k2}, {n}]");
-        }
-        let (sa, la) = a.storage_and_layout();
-        let (sb, lb) = b.storage_and_layout();
-        let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
-            return Ok(None);
-        };
-        let (Some((ta, lda)), Some((tb, ldb))) = (strided_view(la), strided_view(lb)) else {
-            return Ok(None);
-        };
-        let mut c: Vec<f32> = Vec::with_capacity(m * n);
-        // SAFETY: the instruction set was detected (the backend is only chosen then); the views were
-        // checked to lie inside their storages; `matmul` writes all m·n outputs.
-        unsafe {
-            matmul::<I>(
-                m,
-                n,
-                k,
-                view(va[la.start_offset()..].as_ptr(), ta, lda),
-                view(vb[lb.start_offset()..].as_ptr(), tb, ldb),
-                c.as_mut_ptr(),
-            );
-            c.set_len(m * n);
-        }
-        drop((sa, sb));
-        Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+        // SAFETY: the instruction set was detected (the backend is only chosen then); the
+        // operands and the output come from `strided_mm`.
+        super::strided_mm(a, b, |m, n, k, x, y, c| unsafe {
+            matmul::<I>(m, n, k, view(x), view(y), c)
+        })
     }
 
+    /// Small per-head products: one head per task, each single-threaded inside.
     pub fn bmm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let (b0, h, m, k) = a.dims4()?;
-        let (b1, h1, k2, n) = b.dims4()?;
-        if (b0, h, k) != (b1, h1, k2) {
-            anyhow::bail!("bmm shape mismatch: {:?} · {:?}", a.dims(), b.dims());
-        }
-        let (sa, la) = a.storage_and_layout();
-        let (sb, lb) = b.storage_and_layout();
-        let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
-            return Ok(None);
-        };
-        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner_view(la), inner_view(lb)) else {
-            return Ok(None);
-        };
-        let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
-        let out = c.as_mut_ptr() as usize;
-        // Small per-head products: one head per task, each single-threaded inside.
-        use rayon::prelude::*;
-        (0..b0 * h).into_par_iter().for_each(|ij| {
-            let (i, j) = (ij / h, ij % h);
-            let pa = va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr();
-            let pb = vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr();
-            // SAFETY: as in `mm`; block (i, j) of m·n outputs is this task's alone.
-            unsafe {
-                matmul_single::<I>(
-                    m,
-                    n,
-                    k,
-                    view(pa, ta, lda),
-                    view(pb, tb, ldb),
-                    (out as *mut f32).add(ij * m * n),
-                );
-            }
-        });
-        // SAFETY: every (i, j) block of m·n outputs was written above.
-        unsafe { c.set_len(b0 * h * m * n) };
-        drop((sa, sb));
-        Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
+        // SAFETY: as above, from `strided_bmm`.
+        super::strided_bmm(a, b, true, |m, n, k, x, y, c| unsafe {
+            matmul_single::<I>(m, n, k, view(x), view(y), c)
+        })
     }
 }
 
 #[cfg(any(feature = "openblas", feature = "mkl"))]
 mod blas {
-    use super::{inner_view, strided_view as blas_view};
     use anyhow::Result;
-    use candle_core::{CpuStorage, DType, Storage, Tensor};
+    use candle_core::Tensor;
 
     const ROW_MAJOR: i32 = 101;
     const NO_TRANS: i32 = 111;
@@ -307,91 +356,36 @@ mod blas {
         );
     }
 
-    /// 4-D batched product into one output buffer (one sgemm per leading index pair).
-    pub fn bmm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let (b0, h, m, k) = a.dims4()?;
-        let (b1, h1, k2, n) = b.dims4()?;
-        if (b0, h, k) != (b1, h1, k2) {
-            anyhow::bail!("bmm shape mismatch: {:?} · {:?}", a.dims(), b.dims());
-        }
-        let (sa, la) = a.storage_and_layout();
-        let (sb, lb) = b.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
-        else {
-            return Ok(None);
-        };
-        let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner_view(la), inner_view(lb)) else {
-            return Ok(None);
-        };
-        let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
-        if m > 0 && n > 0 && k > 0 {
-            for i in 0..b0 {
-                for j in 0..h {
-                    let pa = va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr();
-                    let pb = vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr();
-                    // SAFETY: offsets and leading dimensions come from the operands' layouts;
-                    // the output slice (i, j) lies inside `c`'s capacity.
-                    unsafe {
-                        sgemm(
-                            (m, n, k),
-                            pa,
-                            ta,
-                            lda,
-                            pb,
-                            tb,
-                            ldb,
-                            c.as_mut_ptr().add((i * h + j) * m * n),
-                        );
-                    }
-                }
-            }
-            // SAFETY: every (i, j) block of m·n outputs was written above (beta = 0).
-            unsafe { c.set_len(b0 * h * m * n) };
-        } else {
-            c.resize(b0 * h * m * n, 0.0);
-        }
-        drop(sa);
-        drop(sb);
-        Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
+    pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        // SAFETY: the operands and the output come from `strided_mm`.
+        super::strided_mm(a, b, |m, n, k, x, y, c| unsafe {
+            sgemm(
+                (m, n, k),
+                x.ptr,
+                x.transposed,
+                x.ld,
+                y.ptr,
+                y.transposed,
+                y.ld,
+                c,
+            )
+        })
     }
 
-    pub fn mm<I: Isa>(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-        if !a.device().is_cpu() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let (m, k) = a.dims2()?;
-        let (k2, n) = b.dims2()?;
-        if k != k2 {
-            anyhow::bail!("matmul shape mismatch: [{m}, {k}] · [{k2}, {n}]");
-        }
-        let (sa, la) = a.storage_and_layout();
-        let (sb, lb) = b.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
-        else {
-            return Ok(None);
-        };
-        let (Some((ta, lda)), Some((tb, ldb))) = (blas_view(la), blas_view(lb)) else {
-            return Ok(None);
-        };
-        let mut c: Vec<f32> = Vec::with_capacity(m * n);
-        if m > 0 && n > 0 {
-            let pa = va[la.start_offset()..].as_ptr();
-            let pb = vb[lb.start_offset()..].as_ptr();
-            // SAFETY: the views were checked to lie inside their storages with these leading
-            // dimensions; `c` has room for m·n values.
-            unsafe {
-                sgemm((m, n, k), pa, ta, lda, pb, tb, ldb, c.as_mut_ptr());
-                // With beta = 0 sgemm has written every element of the m·n output.
-                c.set_len(m * n);
-            }
-        } else {
-            c.resize(m * n, 0.0);
-        }
-        drop(sa);
-        drop(sb);
-        Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+    /// One sgemm per leading index pair, in turn (the library threads each one).
+    pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+        // SAFETY: as above, from `strided_bmm`.
+        super::strided_bmm(a, b, false, |m, n, k, x, y, c| unsafe {
+            sgemm(
+                (m, n, k),
+                x.ptr,
+                x.transposed,
+                x.ld,
+                y.ptr,
+                y.transposed,
+                y.ld,
+                c,
+            )
+        })
     }
 }
