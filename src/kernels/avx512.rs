@@ -24,6 +24,8 @@ impl Isa for Avx512 {
     unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32) {
         pack::<NR>(b.ptr.add(pc * b.rs + jc * b.cs), b.cs, b.rs, nc, kc, dst)
     }
+    /// The 8×32 tile: 16 zmm accumulators, B rows loaded, A elements broadcast.
+    #[target_feature(enable = "avx512f")]
     unsafe fn kernel(
         kc: usize,
         pa: *const f32,
@@ -34,7 +36,28 @@ impl Isa for Avx512 {
         nr: usize,
         accumulate: bool,
     ) {
-        kernel(kc, pa, pb, c, ldc, mr, nr, accumulate)
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(pb.add(p * NR));
+            let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
+            let ap = pa.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        let (m0, m1) = lanes(nr);
+        for (i, row) in acc.iter().enumerate().take(mr) {
+            let cp = c.add(i * ldc);
+            let (mut v0, mut v1) = (row[0], row[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+            }
+            _mm512_mask_storeu_ps(cp, m0, v0);
+            _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+        }
     }
 }
 
@@ -177,41 +200,4 @@ fn lanes(w: usize) -> (__mmask16, __mmask16) {
         }
     };
     (bits(w), bits(w.saturating_sub(16)))
-}
-
-/// The MR×NR tile `C (+)= Apanel · Bpanel` over kc; only `mr`×`nr` of it is stored.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
-    kc: usize,
-    pa: *const f32,
-    pb: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    accumulate: bool,
-) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        let b0 = _mm512_loadu_ps(pb.add(p * NR));
-        let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
-        let ap = pa.add(p * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*ap.add(i));
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
-        }
-    }
-    let (m0, m1) = lanes(nr);
-    for (i, row) in acc.iter().enumerate().take(mr) {
-        let cp = c.add(i * ldc);
-        let (mut v0, mut v1) = (row[0], row[1]);
-        if accumulate {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
-        }
-        _mm512_mask_storeu_ps(cp, m0, v0);
-        _mm512_mask_storeu_ps(cp.add(16), m1, v1);
-    }
 }

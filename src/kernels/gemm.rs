@@ -276,6 +276,7 @@ mod avx {
 
 #[cfg(any(feature = "openblas", feature = "mkl"))]
 mod blas {
+    use super::Operand;
     use anyhow::Result;
     use candle_core::Tensor;
 
@@ -327,29 +328,20 @@ mod blas {
     ///
     /// # Safety
     /// `a` and `b` must point at views of the given sizes and leading dimensions.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn sgemm(
-        (m, n, k): (usize, usize, usize),
-        a: *const f32,
-        ta: bool,
-        lda: usize,
-        b: *const f32,
-        tb: bool,
-        ldb: usize,
-        c: *mut f32,
-    ) {
+    unsafe fn sgemm(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: *mut f32) {
+        let t = |o: &Operand| if o.transposed { TRANS } else { NO_TRANS };
         cblas_sgemm(
             ROW_MAJOR,
-            if ta { TRANS } else { NO_TRANS },
-            if tb { TRANS } else { NO_TRANS },
+            t(&a),
+            t(&b),
             m as i32,
             n as i32,
             k as i32,
             1.0,
-            a,
-            lda.max(1) as i32,
-            b,
-            ldb.max(1) as i32,
+            a.ptr,
+            a.ld.max(1) as i32,
+            b.ptr,
+            b.ld.max(1) as i32,
             0.0,
             c,
             n.max(1) as i32,
@@ -358,34 +350,14 @@ mod blas {
 
     pub fn mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         // SAFETY: the operands and the output come from `strided_mm`.
-        super::strided_mm(a, b, |m, n, k, x, y, c| unsafe {
-            sgemm(
-                (m, n, k),
-                x.ptr,
-                x.transposed,
-                x.ld,
-                y.ptr,
-                y.transposed,
-                y.ld,
-                c,
-            )
-        })
+        super::strided_mm(a, b, |m, n, k, x, y, c| unsafe { sgemm(m, n, k, x, y, c) })
     }
 
     /// One sgemm per leading index pair, in turn (the library threads each one).
     pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         // SAFETY: as above, from `strided_bmm`.
         super::strided_bmm(a, b, false, |m, n, k, x, y, c| unsafe {
-            sgemm(
-                (m, n, k),
-                x.ptr,
-                x.transposed,
-                x.ld,
-                y.ptr,
-                y.transposed,
-                y.ld,
-                c,
-            )
+            sgemm(m, n, k, x, y, c)
         })
     }
 }
