@@ -29,17 +29,15 @@ pub fn print_json(v: &serde_json::Value) {
 pub fn write_stdout(args: std::fmt::Arguments, newline: bool) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let r = out
-        .write_fmt(args)
-        .and_then(|_| {
-            if newline {
-                out.write_all(b"\n")
-            } else {
-                Ok(())
-            }
-        })
-        .and_then(|_| if newline { out.flush() } else { Ok(()) });
-    if let Err(e) = r {
+    let mut write = || -> std::io::Result<()> {
+        out.write_fmt(args)?;
+        if newline {
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(141);
         }

@@ -4,9 +4,9 @@
 //! A and B are strided views (row-major or transposed, never copied): B is packed into KC×NR
 //! column panels, A into MR×KC row panels, and an MR×NR register tile runs over KC. An
 //! instruction set supplies the tile and the packing ([`Isa`]; `avx512.rs`, another would be one
-//! more file); this file holds the blocking and the threading. Work is split over the rayon pool by output
-//! columns (or rows); every output element is summed in the same order whatever the split, so
-//! results do not depend on the thread count.
+//! more file); this file holds the blocking and the threading. Work is split over the rayon pool
+//! by output columns (or rows); every output element is summed in the same order whatever the
+//! split, so results do not depend on the thread count.
 
 use std::cell::RefCell;
 
@@ -55,8 +55,6 @@ pub struct View {
     pub cs: usize,
 }
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
 // SAFETY: views are only read, by tasks that end before `matmul` returns.
 unsafe impl Send for View {}
 unsafe impl Sync for View {}
@@ -65,12 +63,34 @@ thread_local! {
     static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `C[m×n] = A[m×k] · B[k×n]` into `c` (row-major, leading dimension `n`), overwriting it.
+/// `C[m×n] = A[m×k] · B[k×n]` into `c` (row-major, leading dimension `n`), overwriting it, on
+/// the rayon pool.
 ///
 /// # Safety
 /// `I::available()` must hold; `a` and `b` must address m×k and k×n readable f32 values; `c` must
 /// have room for m·n values.
 pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
+    split::<I>(m, n, k, a, b, c, rayon::current_num_threads().max(1))
+}
+
+/// `matmul` on the calling thread alone (for many small products run in parallel).
+///
+/// # Safety
+/// As for `matmul`.
+pub unsafe fn matmul_single<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
+    split::<I>(m, n, k, a, b, c, 1)
+}
+
+/// `matmul` in at most `threads` parts.
+unsafe fn split<I: Isa>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: *mut f32,
+    threads: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -78,16 +98,14 @@ pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: 
         std::ptr::write_bytes(c, 0, m * n);
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
-    let flops = m * n * k;
     let (col_tiles, row_tiles) = (n.div_ceil(I::NR), m.div_ceil(I::MR));
-    let parts = if flops < 1 << 18 {
+    let parts = if m * n * k < 1 << 18 {
         1
     } else {
         threads.min(col_tiles.max(row_tiles))
     };
     if parts <= 1 {
-        block::<I>(m, n, k, a, b, Out(c), n);
+        block::<I>(m, n, k, a, b, c, n);
         return;
     }
     // The output moves into the tasks as an address: each writes its own block. Split columns
@@ -108,6 +126,7 @@ pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: 
                 continue;
             }
             s.spawn(move |_| {
+                let c = out as *mut f32;
                 // SAFETY: the blocks [lo, hi) of columns (or rows) are disjoint across parts.
                 unsafe {
                     if by_cols {
@@ -115,13 +134,13 @@ pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: 
                             ptr: b.ptr.add(lo * b.cs),
                             ..b
                         };
-                        block::<I>(m, hi - lo, k, a, b, Out((out as *mut f32).add(lo)), n);
+                        block::<I>(m, hi - lo, k, a, b, c.add(lo), n);
                     } else {
                         let a = View {
                             ptr: a.ptr.add(lo * a.rs),
                             ..a
                         };
-                        block::<I>(hi - lo, n, k, a, b, Out((out as *mut f32).add(lo * n)), n);
+                        block::<I>(hi - lo, n, k, a, b, c.add(lo * n), n);
                     }
                 }
             });
@@ -129,23 +148,8 @@ pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: 
     });
 }
 
-/// `matmul` on the calling thread alone (for many small products run in parallel).
-///
-/// # Safety
-/// As for `matmul`.
-pub unsafe fn matmul_single<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        std::ptr::write_bytes(c, 0, m * n);
-        return;
-    }
-    block::<I>(m, n, k, a, b, Out(c), n);
-}
-
 /// One thread's product of an m×n block of C (leading dimension `ldc`).
-unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: Out, ldc: usize) {
+unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize) {
     PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         let (pa, pb) = &mut *buf;
@@ -175,7 +179,7 @@ unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: Out, 
                                 kc,
                                 pa.as_ptr().add(ir * kc),
                                 pb.as_ptr().add(jr * kc),
-                                c.0.add((ic + ir) * ldc + jc + jr),
+                                c.add((ic + ir) * ldc + jc + jr),
                                 ldc,
                                 I::MR.min(mc - ir),
                                 I::NR.min(nc - jr),
