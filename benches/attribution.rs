@@ -1,6 +1,6 @@
 //! Attribution benchmark on SmolLM2-135M (GGUF): one attribution (forward + relevance pass +
 //! weight accumulation for all 210 decoder linears) for one sequence of 128 and of 512 tokens,
-//! targets `last`, `next-token` and `next-token-logprob`, both memory modes; median of 3 after a
+//! targets `last`, `next-token` and `next-token-logprob`, both memory modes; median of 3 (`SPARC3_BENCH_REPS`) after a
 //! warm-up, and the peak RSS of each configuration. `cargo bench --bench attribution`.
 //! Reference (LXT 2.1 on PyTorch 2.6, same 2-core machine, `last`): 1.43 s and 2.55 s; the
 //! machines these sessions get vary, so time `scripts/bench_lxt.py` beside it.
@@ -27,7 +27,7 @@ fn reset_peak() {
 }
 
 fn main() -> anyhow::Result<()> {
-    sparc3::util::tune_allocator();
+    sparc3::util::tune_process();
     let root =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/smollm2-135m");
     let model = std::env::var("SPARC3_BENCH_MODEL").unwrap_or(
@@ -54,6 +54,12 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or(vec![128, 512]);
+    // SPARC3_BENCH_REPS: timed runs per configuration (default 3; the machine is noisy).
+    let reps: usize = std::env::var("SPARC3_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3);
     let modes_env = std::env::var("SPARC3_BENCH_MODES").unwrap_or_default();
     for mode in [MemoryMode::Recompute, MemoryMode::Store] {
         let name = format!("{mode:?}").to_lowercase();
@@ -78,14 +84,16 @@ fn main() -> anyhow::Result<()> {
                 };
                 run()?;
                 reset_peak();
-                let mut times = [run()?, run()?, run()?];
+                let mut times = (0..reps)
+                    .map(|_| run())
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 times.sort_by(f64::total_cmp);
                 println!(
                     "{:<9} {:>4} tokens {:<10}: median {:.3} s (min {:.3})  peak RSS {:.0} MiB",
                     format!("{mode:?}"),
                     t,
                     target.name(),
-                    times[1],
+                    times[reps / 2],
                     times[0],
                     rss_mib("VmHWM:")
                 );

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    sparc3::util::tune_process();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shared = root.join("../shared");
     let model = std::env::var("SPARC3_BENCH_MODEL").unwrap_or_else(|_| {

@@ -16,7 +16,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    sparc3::util::tune_allocator();
+    sparc3::util::tune_process();
     let root =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/smollm2-135m");
     let gguf = root.join("SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -6,7 +6,7 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    sparc3::util::tune_allocator();
+    sparc3::util::tune_process();
     sparc3::io::interrupt::install();
     let cli = match sparc3::cli::Cli::try_parse() {
         Ok(c) => c,

@@ -4,7 +4,7 @@
 //! OpenBLAS 0.3.21 (which takes recent AMD cores for Haswell) uses 512-bit registers, and
 //! PyTorch's MKL does not on AMD: on such a core this does twice the work per instruction.
 
-use super::packed::{Isa, View};
+use super::packed::{Fold, Isa, Mode, Tile, View};
 use std::arch::x86_64::*;
 
 const MR: usize = 8;
@@ -26,16 +26,17 @@ impl Isa for Avx512 {
     }
     /// The 8×32 tile: 16 zmm accumulators, B rows loaded, A elements broadcast.
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel(
-        kc: usize,
-        pa: *const f32,
-        pb: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn kernel(kc: usize, pa: *const f32, pb: *const f32, out: Tile, mr: usize, nr: usize) {
+        if let Mode::Fold { w, ldw, .. } = out.mode {
+            // The epilogue reads a row each of `w` and the sums per tile row, scattered over
+            // memory: ask for them now so that they arrive during the loop.
+            for i in 0..mr {
+                for h in [0, 16] {
+                    _mm_prefetch::<_MM_HINT_T0>(w.add(i * ldw + h) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(out.c.add(i * out.ldc + h) as *const i8);
+                }
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kc {
             let b0 = _mm512_loadu_ps(pb.add(p * NR));
@@ -49,14 +50,25 @@ impl Isa for Avx512 {
         }
         let (m0, m1) = lanes(nr);
         for (i, row) in acc.iter().enumerate().take(mr) {
-            let cp = c.add(i * ldc);
-            let (mut v0, mut v1) = (row[0], row[1]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+            let cp = out.c.add(i * out.ldc);
+            for (h, (v, m)) in [(row[0], m0), (row[1], m1)].into_iter().enumerate() {
+                let cp = cp.add(16 * h);
+                let v = match out.mode {
+                    Mode::Write => v,
+                    Mode::Add => _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, cp)),
+                    Mode::Fold { w, ldw, fold } => {
+                        let wv = _mm512_maskz_loadu_ps(m, w.add(i * ldw + 16 * h));
+                        let r = _mm512_mul_ps(wv, v);
+                        let r = match fold {
+                            Fold::Abs => _mm512_abs_ps(r),
+                            Fold::Signed => r,
+                            Fold::SquareW => _mm512_mul_ps(wv, r),
+                        };
+                        _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, cp))
+                    }
+                };
+                _mm512_mask_storeu_ps(cp, m, v);
             }
-            _mm512_mask_storeu_ps(cp, m0, v0);
-            _mm512_mask_storeu_ps(cp.add(16), m1, v1);
         }
     }
 }

@@ -10,6 +10,8 @@ use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use std::sync::OnceLock;
 
+pub use super::packed::Fold;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
     Avx512,
@@ -128,14 +130,14 @@ fn both_cpu_f32(a: &Tensor, b: &Tensor) -> bool {
     a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32
 }
 
-/// `a · b` (2-D) by `f(m, n, k, a, b, out)`, which must write all m·n outputs (row-major),
-/// where both operands are f32 CPU strided views; `None` where they are not.
+/// `f(m, n, k, a, b)` on the operands of `a · b` (2-D) where both are f32 CPU strided views;
+/// `None` where they are not.
 #[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
-fn strided_mm(
+fn with_operands<R>(
     a: &Tensor,
     b: &Tensor,
-    f: impl FnOnce(usize, usize, usize, Operand, Operand, *mut f32),
-) -> Result<Option<Tensor>> {
+    f: impl FnOnce(usize, usize, usize, Operand, Operand) -> R,
+) -> Result<Option<R>> {
     if !both_cpu_f32(a, b) {
         return Ok(None);
     }
@@ -152,24 +154,75 @@ fn strided_mm(
     let (Some((ta, lda)), Some((tb, ldb))) = (strided_view(la), strided_view(lb)) else {
         return Ok(None);
     };
-    let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    if m > 0 && n > 0 {
-        let x = Operand {
-            ptr: va[la.start_offset()..].as_ptr(),
-            transposed: ta,
-            ld: lda,
-        };
-        let y = Operand {
-            ptr: vb[lb.start_offset()..].as_ptr(),
-            transposed: tb,
-            ld: ldb,
-        };
-        f(m, n, k, x, y, c.as_mut_ptr());
-        // SAFETY: `f` has written every one of the m·n outputs.
-        unsafe { c.set_len(m * n) };
+    let x = Operand {
+        ptr: va[la.start_offset()..].as_ptr(),
+        transposed: ta,
+        ld: lda,
+    };
+    let y = Operand {
+        ptr: vb[lb.start_offset()..].as_ptr(),
+        transposed: tb,
+        ld: ldb,
+    };
+    Ok(Some(f(m, n, k, x, y)))
+}
+
+/// `a · b` (2-D) by `f(m, n, k, a, b, out)`, which must write all m·n outputs (row-major),
+/// where both operands are f32 CPU strided views; `None` where they are not.
+#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
+fn strided_mm(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(usize, usize, usize, Operand, Operand, *mut f32),
+) -> Result<Option<Tensor>> {
+    let c = with_operands(a, b, |m, n, k, x, y| {
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        if m > 0 && n > 0 {
+            f(m, n, k, x, y, c.as_mut_ptr());
+            // SAFETY: `f` has written every one of the m·n outputs.
+            unsafe { c.set_len(m * n) };
+        }
+        (c, m, n)
+    })?;
+    c.map(|(c, m, n)| Ok(Tensor::from_vec(c, (m, n), a.device())?))
+        .transpose()
+}
+
+/// `acc[i, j] += fold(w[i, j], (a · b)[i, j])` without forming `a · b` (`w` and `acc` row-major
+/// `[m, n]`), where the chosen backend can fuse it: the AVX-512 kernel with f32 CPU operands.
+/// Returns false, having done nothing, elsewhere.
+pub fn mm_fold(a: &Tensor, b: &Tensor, w: &[f32], acc: &mut [f32], fold: Fold) -> Result<bool> {
+    #[cfg(target_arch = "x86_64")]
+    if chosen() == Backend::Avx512 {
+        use super::avx512::Avx512;
+        use super::packed::matmul_fold;
+        let done = with_operands(a, b, |m, n, k, x, y| {
+            anyhow::ensure!(
+                w.len() == m * n && acc.len() == m * n,
+                "fused product: [{m}, {n}] output against {} weights and {} sums",
+                w.len(),
+                acc.len()
+            );
+            // SAFETY: AVX-512 was detected (the backend is only chosen then); the operands
+            // come from `with_operands`, `w` and `acc` hold m·n values.
+            unsafe {
+                matmul_fold::<Avx512>(
+                    m,
+                    n,
+                    k,
+                    avx::view(x),
+                    avx::view(y),
+                    w.as_ptr(),
+                    acc.as_mut_ptr(),
+                    fold,
+                )
+            };
+            Ok(())
+        })?;
+        return done.transpose().map(|d| d.is_some());
     }
-    drop((sa, sb));
-    Ok(Some(Tensor::from_vec(c, (m, n), a.device())?))
+    let _ = (a, b, w, acc, fold);
+    Ok(false)
 }
 
 /// Batched `[B, H, m, k] · [B, H, k, n]` by `f` per (batch, head) pair as in `strided_mm`, the
@@ -241,7 +294,7 @@ mod avx {
     use anyhow::Result;
     use candle_core::Tensor;
 
-    fn view(o: Operand) -> View {
+    pub fn view(o: Operand) -> View {
         if o.transposed {
             View {
                 ptr: o.ptr,

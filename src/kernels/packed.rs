@@ -30,22 +30,74 @@ pub trait Isa {
     /// # Safety
     /// As for `pack_a`, with ⌈nc/NR⌉·NR·kc values.
     unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32);
-    /// The MR×NR tile `C (+)= Apanel · Bpanel` over kc; only `mr`×`nr` of it is stored.
+    /// The MR×NR tile `Apanel · Bpanel` over kc, put into `out` as its mode says; only
+    /// `mr`×`nr` of it is stored.
     ///
     /// # Safety
-    /// `available()`; panels as packed above; `c` addresses mr rows of nr values, stride ldc.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel(
-        kc: usize,
-        pa: *const f32,
-        pb: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        accumulate: bool,
-    );
+    /// `available()`; panels as packed above; `out` addresses mr rows of nr values (and as
+    /// many of `w` for a fold).
+    unsafe fn kernel(kc: usize, pa: *const f32, pb: *const f32, out: Tile, mr: usize, nr: usize);
 }
+
+/// How a finished product `P` is combined with another matrix `w` into the output: the
+/// per-weight relevance `w ⊙ P` of a linear layer is added to its running sum while the tile
+/// is still in registers, so the `[out, in]` product is never written out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    /// `c += |w·p|`
+    Abs,
+    /// `c += w·p`
+    Signed,
+    /// `c += w²·p`
+    SquareW,
+}
+
+/// What a tile does with its result at `c` (leading dimension `ldc`).
+#[derive(Clone, Copy)]
+pub struct Tile {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy)]
+pub enum Mode {
+    /// `c = p`
+    Write,
+    /// `c += p` (a later block of k)
+    Add,
+    /// `c += fold(w, p)`, `w` at `w` with leading dimension `ldw`.
+    Fold {
+        w: *const f32,
+        ldw: usize,
+        fold: Fold,
+    },
+}
+
+impl Tile {
+    /// The tile whose top-left element is (i, j) of this one.
+    ///
+    /// # Safety
+    /// (i, j) lies inside the matrices addressed.
+    unsafe fn at(self, i: usize, j: usize) -> Tile {
+        Tile {
+            c: self.c.add(i * self.ldc + j),
+            mode: match self.mode {
+                Mode::Fold { w, ldw, fold } => Mode::Fold {
+                    w: w.add(i * ldw + j),
+                    ldw,
+                    fold,
+                },
+                m => m,
+            },
+            ..self
+        }
+    }
+}
+
+// SAFETY: each task writes only its own block of the output.
+unsafe impl Send for Tile {}
+unsafe impl Sync for Tile {}
 
 /// A strided matrix view: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -70,7 +122,40 @@ thread_local! {
 /// `I::available()` must hold; `a` and `b` must address m×k and k×n readable f32 values; `c` must
 /// have room for m·n values.
 pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
-    split::<I>(m, n, k, a, b, c, rayon::current_num_threads().max(1))
+    let out = Tile {
+        c,
+        ldc: n,
+        mode: Mode::Write,
+    };
+    split::<I>(m, n, k, a, b, out, rayon::current_num_threads().max(1))
+}
+
+/// `acc[i, j] += fold(w[i, j], (A · B)[i, j])` for `acc` and `w` row-major m×n (leading
+/// dimension `n`), on the rayon pool: k is not blocked, so every tile is final when the
+/// kernel leaves it.
+///
+/// # Safety
+/// As for `matmul`; `w` must address m·n readable values and `acc` m·n writable ones.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_fold<I: Isa>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    w: *const f32,
+    acc: *mut f32,
+    fold: Fold,
+) {
+    if k == 0 {
+        return; // the product is zero: nothing to add
+    }
+    let out = Tile {
+        c: acc,
+        ldc: n,
+        mode: Mode::Fold { w, ldw: n, fold },
+    };
+    split::<I>(m, n, k, a, b, out, rayon::current_num_threads().max(1))
 }
 
 /// `matmul` on the calling thread alone (for many small products run in parallel).
@@ -78,24 +163,23 @@ pub unsafe fn matmul<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: 
 /// # Safety
 /// As for `matmul`.
 pub unsafe fn matmul_single<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32) {
-    split::<I>(m, n, k, a, b, c, 1)
+    let out = Tile {
+        c,
+        ldc: n,
+        mode: Mode::Write,
+    };
+    split::<I>(m, n, k, a, b, out, 1)
 }
 
 /// `matmul` in at most `threads` parts.
-unsafe fn split<I: Isa>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: View,
-    b: View,
-    c: *mut f32,
-    threads: usize,
-) {
+unsafe fn split<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Tile, threads: usize) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        std::ptr::write_bytes(c, 0, m * n);
+        for i in 0..m {
+            std::ptr::write_bytes(out.c.add(i * out.ldc), 0, n);
+        }
         return;
     }
     let (col_tiles, row_tiles) = (n.div_ceil(I::NR), m.div_ceil(I::MR));
@@ -105,13 +189,11 @@ unsafe fn split<I: Isa>(
         threads.min(col_tiles.max(row_tiles))
     };
     if parts <= 1 {
-        block::<I>(m, n, k, a, b, c, n);
+        block::<I>(m, n, k, a, b, out);
         return;
     }
-    // The output moves into the tasks as an address: each writes its own block. Split columns
-    // into `parts` contiguous tile ranges where there are enough (each part then packs only its
-    // share of B), else rows.
-    let out = c as usize;
+    // Split columns into `parts` contiguous tile ranges where there are enough (each part then
+    // packs only its share of B), else rows.
     let by_cols = col_tiles >= parts || col_tiles >= row_tiles;
     let (tiles, tile) = if by_cols {
         (col_tiles, I::NR)
@@ -126,7 +208,6 @@ unsafe fn split<I: Isa>(
                 continue;
             }
             s.spawn(move |_| {
-                let c = out as *mut f32;
                 // SAFETY: the blocks [lo, hi) of columns (or rows) are disjoint across parts.
                 unsafe {
                     if by_cols {
@@ -134,13 +215,13 @@ unsafe fn split<I: Isa>(
                             ptr: b.ptr.add(lo * b.cs),
                             ..b
                         };
-                        block::<I>(m, hi - lo, k, a, b, c.add(lo), n);
+                        block::<I>(m, hi - lo, k, a, b, out.at(0, lo));
                     } else {
                         let a = View {
                             ptr: a.ptr.add(lo * a.rs),
                             ..a
                         };
-                        block::<I>(hi - lo, n, k, a, b, c.add(lo * n), n);
+                        block::<I>(hi - lo, n, k, a, b, out.at(lo, 0));
                     }
                 }
             });
@@ -148,23 +229,29 @@ unsafe fn split<I: Isa>(
     });
 }
 
-/// One thread's product of an m×n block of C (leading dimension `ldc`).
-unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize) {
+/// One thread's product of an m×n block of the output.
+unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Tile) {
+    let fold = matches!(out.mode, Mode::Fold { .. });
+    // Equal k blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), rounded up to whole
+    // 16-row transposes; a fold takes k whole (its k is a sequence's tokens) with fewer rows
+    // of A per block instead, keeping the packed A block as small.
+    let kb = if fold {
+        k
+    } else {
+        k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC)
+    };
+    let mcb = (MC * KC / kb.max(KC)).max(I::MR) / I::MR * I::MR; // whole panels per A block
     PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         let (pa, pb) = &mut *buf;
-        let mcb = MC / I::MR * I::MR; // whole panels per A block
-        let need_a = mcb.min(m.next_multiple_of(I::MR)) * KC;
-        let need_b = NC.min(n.next_multiple_of(I::NR)) * KC;
+        let need_a = mcb.min(m.next_multiple_of(I::MR)) * kb;
+        let need_b = NC.min(n.next_multiple_of(I::NR)) * kb;
         if pa.len() < need_a {
             pa.resize(need_a, 0.0);
         }
         if pb.len() < need_b {
             pb.resize(need_b, 0.0);
         }
-        // Equal k blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), rounded up to
-        // whole 16-row transposes.
-        let kb = k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(kb) {
@@ -175,15 +262,17 @@ unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, c: *mut 
                     I::pack_a(a, ic, pc, mc, kc, pa.as_mut_ptr());
                     for jr in (0..nc).step_by(I::NR) {
                         for ir in (0..mc).step_by(I::MR) {
+                            let mut tile = out.at(ic + ir, jc + jr);
+                            if pc > 0 {
+                                tile.mode = Mode::Add;
+                            }
                             I::kernel(
                                 kc,
                                 pa.as_ptr().add(ir * kc),
                                 pb.as_ptr().add(jr * kc),
-                                c.add((ic + ir) * ldc + jc + jr),
-                                ldc,
+                                tile,
                                 I::MR.min(mc - ir),
                                 I::NR.min(nc - jr),
-                                pc > 0,
                             );
                         }
                     }
@@ -222,7 +311,7 @@ mod tests {
 
     /// Every shape class (edges in all three dimensions, several KC/MC/NC blocks, one and many
     /// threads) and every operand layout (row-major, transposed, padded leading dimension)
-    /// against a float64 reference.
+    /// against a float64 reference, for the plain product and each fused fold.
     #[test]
     fn matches_a_float64_reference_for_every_layout_and_edge() {
         #[cfg(target_arch = "x86_64")]
@@ -243,6 +332,7 @@ mod tests {
             (130, 40, 3),
             (300, 4100, 20),
             (64, 600, 520),
+            (520, 40, 700),
             (260, 7, 300),
         ];
         let mut seed = 1u64;
@@ -299,6 +389,46 @@ mod tests {
                             "{}: {m}x{n}x{k} ta={ta} tb={tb} threads={threads}: {x} vs {y}",
                             std::any::type_name::<I>()
                         );
+                    }
+                    // The fused fold onto running sums, for each fold.
+                    let w: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                    let start: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                    for fold in [Fold::Abs, Fold::Signed, Fold::SquareW] {
+                        let mut acc = start.clone();
+                        pool.install(|| unsafe {
+                            matmul_fold::<I>(
+                                m,
+                                n,
+                                k,
+                                View {
+                                    ptr: a.as_ptr(),
+                                    rs: ar,
+                                    cs: ac,
+                                },
+                                View {
+                                    ptr: b.as_ptr(),
+                                    rs: br,
+                                    cs: bc,
+                                },
+                                w.as_ptr(),
+                                acc.as_mut_ptr(),
+                                fold,
+                            )
+                        });
+                        for e in 0..m * n {
+                            let (wv, p) = (w[e] as f64, r[e]);
+                            let want = start[e] as f64
+                                + match fold {
+                                    Fold::Abs => (wv * p).abs(),
+                                    Fold::Signed => wv * p,
+                                    Fold::SquareW => wv * wv * p,
+                                };
+                            assert!(
+                                (acc[e] as f64 - want).abs() <= 1e-5 * (k as f64).sqrt().max(1.0),
+                                "{fold:?} {m}x{n}x{k} ta={ta} tb={tb} threads={threads}: {} vs {want}",
+                                acc[e]
+                            );
+                        }
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! Per-weight relevance accumulators (f32) for every prunable linear layer, aggregated over
 //! samples as the mean of |R| (default) or signed, or per token (`token-abs`, `token-sq`).
 
+use crate::kernels::gemm::Fold;
 use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -160,8 +161,40 @@ impl Accumulators {
             });
     }
 
+    /// Add one sample's relevance `w ⊙ (gᵀ x)` for a layer (`gt`: `[out, T]`, `x`: `[T, in]`,
+    /// both already token-mapped), fused into the product where the kernel can: the `[out, in]`
+    /// product is then never written out (it would be written, read back once and dropped).
+    pub fn add_weight_product(
+        &mut self,
+        name: &str,
+        w: &Tensor,
+        gt: &Tensor,
+        x: &Tensor,
+    ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let (o, i) = w.dims2()?;
+        let fold = match self.aggregation {
+            Aggregation::Abs | Aggregation::TokenAbs => Fold::Abs,
+            Aggregation::Signed => Fold::Signed,
+            Aggregation::TokenSq => Fold::SquareW,
+        };
+        self.ensure(name, o, i);
+        let entry = self.layers.get_mut(name).expect("ensured");
+        if w.dtype() == candle_core::DType::F32 && w.device().is_cpu() {
+            let fused = with_f32(w, |wv| {
+                crate::kernels::gemm::mm_fold(gt, x, wv, &mut entry.weight, fold)
+            })??;
+            if fused {
+                return Ok(());
+            }
+        }
+        self.add_weight(name, w, &crate::kernels::gemm::mm(gt, x)?)
+    }
+
     /// Add one sample's relevance `w ⊙ grad` for a layer.
-    pub fn add_weight(&mut self, name: &str, w: &Tensor, grad: &Tensor) -> Result<()> {
+    fn add_weight(&mut self, name: &str, w: &Tensor, grad: &Tensor) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }

@@ -154,6 +154,16 @@ pub fn relevance_pass(
     mode: MemoryMode,
     bwd: &mut Bwd,
 ) -> Result<PassResult> {
+    crate::kernels::on_workers(|| pass(model, ids, target, mode, bwd))
+}
+
+fn pass(
+    model: &DecoderModel,
+    ids: &Tensor,
+    target: &Target,
+    mode: MemoryMode,
+    bwd: &mut Bwd,
+) -> Result<PassResult> {
     model.check_input(ids)?;
     let (b, t) = ids.dims2()?;
     if matches!(target, Target::NextToken | Target::NextTokenLogprob) && t < 2 {

@@ -288,6 +288,10 @@ impl DecoderModel {
 
     /// Hidden states after the last block (before the final norm): `[B, T, hidden]`.
     pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        crate::kernels::on_workers(|| self.hidden_here(ids))
+    }
+
+    fn hidden_here(&self, ids: &Tensor) -> Result<Tensor> {
         self.check_input(ids)?;
         let (_, t) = ids.dims2()?;
         let ctx = self.attn_ctx(t)?;
@@ -300,6 +304,10 @@ impl DecoderModel {
 
     /// Final norm, `project_out` and the LM head: `[B, T, hidden]` → `[B, T, vocab]`.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
+        crate::kernels::on_workers(|| self.head_here(h))
+    }
+
+    fn head_here(&self, h: &Tensor) -> Result<Tensor> {
         let mut h = match &self.final_norm {
             Some(n) => n.forward(h)?,
             None => h.clone(),
@@ -318,6 +326,10 @@ impl DecoderModel {
     /// Run prompts `[B, T]` (all of length T) and return the last position's logits `[B, V]`
     /// with the key/value caches for decoding.
     pub fn prefill(&self, ids: &Tensor) -> Result<(Tensor, Vec<KvCache>)> {
+        crate::kernels::on_workers(|| self.prefill_here(ids))
+    }
+
+    fn prefill_here(&self, ids: &Tensor) -> Result<(Tensor, Vec<KvCache>)> {
         self.check_input(ids)?;
         let (_, t) = ids.dims2()?;
         let ctx = self.attn_ctx(t)?;
@@ -332,12 +344,16 @@ impl DecoderModel {
             });
             h = y;
         }
-        let last = self.head(&h.narrow(1, t - 1, 1)?)?.squeeze(1)?;
+        let last = self.head_here(&h.narrow(1, t - 1, 1)?)?.squeeze(1)?;
         Ok((last, caches))
     }
 
     /// Decode one token per sequence (`tokens`: `[B]`) at position `pos`; returns `[B, V]`.
     pub fn step(&self, tokens: &Tensor, caches: &mut [KvCache], pos: usize) -> Result<Tensor> {
+        crate::kernels::on_workers(|| self.step_here(tokens, caches, pos))
+    }
+
+    fn step_here(&self, tokens: &Tensor, caches: &mut [KvCache], pos: usize) -> Result<Tensor> {
         if pos >= self.dims.max_positions {
             fail!(
                 Usage,
@@ -354,7 +370,7 @@ impl DecoderModel {
         for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
             h = blk.forward_step(&h, cache, tables.as_ref().map(|(c, s)| (c, s)))?;
         }
-        self.head(&h)?.squeeze(1).map_err(Into::into)
+        self.head_here(&h)?.squeeze(1).map_err(Into::into)
     }
 
     /// Every prunable linear layer (inside the decoder blocks), block by block.

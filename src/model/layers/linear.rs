@@ -81,8 +81,12 @@ impl Linear {
                 if bwd.acc.per_weight {
                     // Per-token aggregations map g and x (|·| or ·²) before the sum over tokens.
                     let gm = agg.token_map(&gs)?;
-                    let grad = mm(&gm.t()?, &agg.token_map(&xs)?)?; // [out, in]
-                    bwd.acc.add_weight(&self.name, &self.weight, &grad)?;
+                    bwd.acc.add_weight_product(
+                        &self.name,
+                        &self.weight,
+                        &gm.t()?,
+                        &agg.token_map(&xs)?,
+                    )?;
                     if let Some(bias) = &self.bias {
                         bwd.acc.add_bias(&self.name, bias, &gm.sum(0)?)?;
                     }
