@@ -14,6 +14,11 @@ pub use softmax::{causal_softmax, causal_softmax_backward};
 /// parts with `rayon::scope`; called from outside the pool, each such scope parks the calling
 /// thread and wakes it again, a few hundred times per forward pass. From a worker the caller
 /// takes part in the work instead (measured 5–10% of an attribution at 128 tokens on 2 cores).
-pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+/// Other devices run `f` where they are (their work is queued, not threaded).
+pub fn on_workers<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
 }

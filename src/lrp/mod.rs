@@ -154,7 +154,7 @@ pub fn relevance_pass(
     mode: MemoryMode,
     bwd: &mut Bwd,
 ) -> Result<PassResult> {
-    crate::kernels::on_workers(|| pass(model, ids, target, mode, bwd))
+    crate::kernels::on_workers(&model.device, || pass(model, ids, target, mode, bwd))
 }
 
 fn pass(

@@ -288,7 +288,7 @@ impl DecoderModel {
 
     /// Hidden states after the last block (before the final norm): `[B, T, hidden]`.
     pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
-        crate::kernels::on_workers(|| self.hidden_here(ids))
+        crate::kernels::on_workers(&self.device, || self.hidden_here(ids))
     }
 
     fn hidden_here(&self, ids: &Tensor) -> Result<Tensor> {
@@ -304,7 +304,7 @@ impl DecoderModel {
 
     /// Final norm, `project_out` and the LM head: `[B, T, hidden]` → `[B, T, vocab]`.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
-        crate::kernels::on_workers(|| self.head_here(h))
+        crate::kernels::on_workers(&self.device, || self.head_here(h))
     }
 
     fn head_here(&self, h: &Tensor) -> Result<Tensor> {
@@ -326,7 +326,7 @@ impl DecoderModel {
     /// Run prompts `[B, T]` (all of length T) and return the last position's logits `[B, V]`
     /// with the key/value caches for decoding.
     pub fn prefill(&self, ids: &Tensor) -> Result<(Tensor, Vec<KvCache>)> {
-        crate::kernels::on_workers(|| self.prefill_here(ids))
+        crate::kernels::on_workers(&self.device, || self.prefill_here(ids))
     }
 
     fn prefill_here(&self, ids: &Tensor) -> Result<(Tensor, Vec<KvCache>)> {
@@ -350,7 +350,7 @@ impl DecoderModel {
 
     /// Decode one token per sequence (`tokens`: `[B]`) at position `pos`; returns `[B, V]`.
     pub fn step(&self, tokens: &Tensor, caches: &mut [KvCache], pos: usize) -> Result<Tensor> {
-        crate::kernels::on_workers(|| self.step_here(tokens, caches, pos))
+        crate::kernels::on_workers(&self.device, || self.step_here(tokens, caches, pos))
     }
 
     fn step_here(&self, tokens: &Tensor, caches: &mut [KvCache], pos: usize) -> Result<Tensor> {
