@@ -6,7 +6,8 @@
 //! instruction set supplies the tile and the packing ([`Isa`]; `avx512.rs`, another would be one
 //! more file); this file holds the blocking and the threading. Work is split over the rayon pool
 //! by output columns (or rows); every output element is summed in the same order whatever the
-//! split, so results do not depend on the thread count.
+//! split, so results do not depend on the thread count. [`matmul_fold`] adds a function of the
+//! product to a running sum in the tile's epilogue instead of storing the product.
 
 use std::cell::RefCell;
 
@@ -60,6 +61,7 @@ pub struct Tile {
     pub mode: Mode,
 }
 
+/// How a tile's product `p` meets the output.
 #[derive(Clone, Copy)]
 pub enum Mode {
     /// `c = p`
@@ -359,29 +361,22 @@ mod tests {
                 let a: Vec<f32> = (0..alen).map(|_| rnd()).collect();
                 let b: Vec<f32> = (0..blen).map(|_| rnd()).collect();
                 let mut c = vec![f32::NAN; m * n];
+                let va = View {
+                    ptr: a.as_ptr(),
+                    rs: ar,
+                    cs: ac,
+                };
+                let vb = View {
+                    ptr: b.as_ptr(),
+                    rs: br,
+                    cs: bc,
+                };
                 for threads in [1, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    pool.install(|| unsafe {
-                        matmul::<I>(
-                            m,
-                            n,
-                            k,
-                            View {
-                                ptr: a.as_ptr(),
-                                rs: ar,
-                                cs: ac,
-                            },
-                            View {
-                                ptr: b.as_ptr(),
-                                rs: br,
-                                cs: bc,
-                            },
-                            c.as_mut_ptr(),
-                        )
-                    });
+                    pool.install(|| unsafe { matmul::<I>(m, n, k, va, vb, c.as_mut_ptr()) });
                     let r = reference(m, n, k, &a, ar, ac, &b, br, bc);
                     for (x, y) in c.iter().zip(&r) {
                         assert!(
@@ -396,24 +391,7 @@ mod tests {
                     for fold in [Fold::Abs, Fold::Signed, Fold::SquareW] {
                         let mut acc = start.clone();
                         pool.install(|| unsafe {
-                            matmul_fold::<I>(
-                                m,
-                                n,
-                                k,
-                                View {
-                                    ptr: a.as_ptr(),
-                                    rs: ar,
-                                    cs: ac,
-                                },
-                                View {
-                                    ptr: b.as_ptr(),
-                                    rs: br,
-                                    cs: bc,
-                                },
-                                w.as_ptr(),
-                                acc.as_mut_ptr(),
-                                fold,
-                            )
+                            matmul_fold::<I>(m, n, k, va, vb, w.as_ptr(), acc.as_mut_ptr(), fold)
                         });
                         for e in 0..m * n {
                             let (wv, p) = (w[e] as f64, r[e]);
