@@ -98,6 +98,17 @@ struct Operand {
     transposed: bool,
     ld: usize,
 }
+impl Operand {
+    /// The operand starting at `v[offset]` with a layout from [`strided_view`].
+    fn new(v: &[f32], offset: usize, (transposed, ld): (bool, usize)) -> Self {
+        Operand {
+            ptr: v[offset..].as_ptr(),
+            transposed,
+            ld,
+        }
+    }
+}
+
 // SAFETY: operands are only read, by tasks that end before the product returns.
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
@@ -151,19 +162,11 @@ fn with_operands<R>(
     let (Some(va), Some(vb)) = (cpu_f32(&sa), cpu_f32(&sb)) else {
         return Ok(None);
     };
-    let (Some((ta, lda)), Some((tb, ldb))) = (strided_view(la), strided_view(lb)) else {
+    let (Some(sva), Some(svb)) = (strided_view(la), strided_view(lb)) else {
         return Ok(None);
     };
-    let x = Operand {
-        ptr: va[la.start_offset()..].as_ptr(),
-        transposed: ta,
-        ld: lda,
-    };
-    let y = Operand {
-        ptr: vb[lb.start_offset()..].as_ptr(),
-        transposed: tb,
-        ld: ldb,
-    };
+    let x = Operand::new(va, la.start_offset(), sva);
+    let y = Operand::new(vb, lb.start_offset(), svb);
     Ok(Some(f(m, n, k, x, y)))
 }
 
@@ -251,9 +254,9 @@ fn strided_bmm(
     let inner = |l: &Layout| {
         let (d, s) = (l.dims(), l.stride());
         let sub = Layout::new(candle_core::Shape::from((d[2], d[3])), vec![s[2], s[3]], 0);
-        strided_view(&sub).map(|(t, ld)| (t, ld, [s[0], s[1]]))
+        strided_view(&sub).map(|v| (v, [s[0], s[1]]))
     };
-    let (Some((ta, lda, oa)), Some((tb, ldb, ob))) = (inner(la), inner(lb)) else {
+    let (Some((sva, oa)), Some((svb, ob))) = (inner(la), inner(lb)) else {
         return Ok(None);
     };
     let mut c: Vec<f32> = Vec::with_capacity(b0 * h * m * n);
@@ -261,16 +264,8 @@ fn strided_bmm(
         let out = c.as_mut_ptr() as usize;
         let one = |ij: usize| {
             let (i, j) = (ij / h, ij % h);
-            let x = Operand {
-                ptr: va[la.start_offset() + i * oa[0] + j * oa[1]..].as_ptr(),
-                transposed: ta,
-                ld: lda,
-            };
-            let y = Operand {
-                ptr: vb[lb.start_offset() + i * ob[0] + j * ob[1]..].as_ptr(),
-                transposed: tb,
-                ld: ldb,
-            };
+            let x = Operand::new(va, la.start_offset() + i * oa[0] + j * oa[1], sva);
+            let y = Operand::new(vb, lb.start_offset() + i * ob[0] + j * ob[1], svb);
             // Block (i, j) of m·n outputs is this call's alone.
             f(m, n, k, x, y, (out as *mut f32).wrapping_add(ij * m * n));
         };

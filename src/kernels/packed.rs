@@ -53,6 +53,18 @@ pub enum Fold {
     SquareW,
 }
 
+impl Fold {
+    /// The term one element adds (the kernels' vector epilogues compute the same).
+    #[inline]
+    pub fn term(self, w: f32, p: f32) -> f32 {
+        match self {
+            Fold::Abs => (w * p).abs(),
+            Fold::Signed => w * p,
+            Fold::SquareW => w * w * p,
+        }
+    }
+}
+
 /// What a tile does with its result at `c` (leading dimension `ldc`).
 #[derive(Clone, Copy)]
 pub struct Tile {

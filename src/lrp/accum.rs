@@ -76,13 +76,13 @@ impl Aggregation {
         Ok(out)
     }
 
-    /// Contribution of weight (or bias) `w` given the token-summed (mapped) gradient `g`.
-    #[inline]
-    fn fold(self, w: f32, g: f32) -> f32 {
+    /// How a weight (or bias) `w` and its token-summed (mapped) gradient `g` make a sample's
+    /// contribution: `|w·g|`, `w·g` or `w²·g`.
+    fn weight_fold(self) -> Fold {
         match self {
-            Aggregation::Abs | Aggregation::TokenAbs => (w * g).abs(),
-            Aggregation::Signed => w * g,
-            Aggregation::TokenSq => w * w * g,
+            Aggregation::Abs | Aggregation::TokenAbs => Fold::Abs,
+            Aggregation::Signed => Fold::Signed,
+            Aggregation::TokenSq => Fold::SquareW,
         }
     }
 
@@ -175,60 +175,31 @@ impl Accumulators {
             return Ok(());
         }
         let (o, i) = w.dims2()?;
-        let fold = match self.aggregation {
-            Aggregation::Abs | Aggregation::TokenAbs => Fold::Abs,
-            Aggregation::Signed => Fold::Signed,
-            Aggregation::TokenSq => Fold::SquareW,
-        };
+        let fold = self.aggregation.weight_fold();
         self.ensure(name, o, i);
-        let entry = self.layers.get_mut(name).expect("ensured");
-        if w.dtype() == candle_core::DType::F32 && w.device().is_cpu() {
-            let fused = with_f32(w, |wv| {
-                crate::kernels::gemm::mm_fold(gt, x, wv, &mut entry.weight, fold)
-            })??;
-            if fused {
-                return Ok(());
-            }
-        }
-        self.add_weight(name, w, &crate::kernels::gemm::mm(gt, x)?)
-    }
-
-    /// Add one sample's relevance `w ⊙ grad` for a layer.
-    fn add_weight(&mut self, name: &str, w: &Tensor, grad: &Tensor) -> Result<()> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let (o, i) = w.dims2()?;
-        let agg = self.aggregation;
-        let entry = self
-            .layers
-            .entry(name.to_string())
-            .or_insert_with(|| LinearAcc {
-                shape: [o, i],
-                weight: vec![0.0; o * i],
-                bias: None,
-                inputs: vec![0.0; i],
-            });
+        let acc = &mut self.layers.get_mut(name).expect("ensured").weight;
         let w32 = w.to_dtype(candle_core::DType::F32)?;
         with_f32(&w32, |wv| {
-            with_f32(grad, |gv| {
-                entry
-                    .weight
-                    .par_chunks_mut(4096)
+            if crate::kernels::gemm::mm_fold(gt, x, wv, acc, fold)? {
+                return Ok(());
+            }
+            // No fused kernel: form the product, then one parallel pass.
+            let grad = crate::kernels::gemm::mm(gt, x)?;
+            with_f32(&grad, |gv| {
+                acc.par_chunks_mut(4096)
                     .zip(wv.par_chunks(4096).zip(gv.par_chunks(4096)))
                     .for_each(|(a, (w, g))| {
                         crate::kernels::fastmath::wide(
                             #[inline(always)]
                             || {
                                 for ((a, w), g) in a.iter_mut().zip(w).zip(g) {
-                                    *a += agg.fold(*w, *g);
+                                    *a += fold.term(*w, *g);
                                 }
                             },
                         )
                     })
             })
-        })??;
-        Ok(())
+        })?
     }
 
     /// Add one sample's input-feature relevance `Σ_t map(x ⊙ g_x)` (`[in]`, from
@@ -259,8 +230,9 @@ impl Accumulators {
             anyhow::bail!("bias relevance for {name} before its weight relevance");
         };
         let acc = entry.bias.get_or_insert_with(|| vec![0.0; bv.len()]);
+        let fold = agg.weight_fold();
         for ((a, b), g) in acc.iter_mut().zip(&bv).zip(&gv) {
-            *a += agg.fold(*b, *g);
+            *a += fold.term(*b, *g);
         }
         Ok(())
     }
