@@ -46,16 +46,61 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A value the user chose, named by what it is. Below the CLI, errors about a value say
+/// "sequence length 600 is larger ..."; the CLI names its own flag instead (`--seq-len 600 is
+/// larger ...`), so flag spellings live in the CLI only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Ratio,
+    Ratios,
+    Layers,
+    Pattern,
+    Scope,
+    Method,
+    SeqLen,
+    EvalSeqLen,
+    EvalText,
+    Count,
+    Token,
+    Foil,
+    Data,
+}
+
+impl Setting {
+    /// The value's name in plain words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Setting::Ratio => "sparsity ratio",
+            Setting::Ratios => "sparsity ratios",
+            Setting::Layers => "layer filter",
+            Setting::Pattern => "pattern",
+            Setting::Scope => "scope",
+            Setting::Method => "method",
+            Setting::SeqLen => "sequence length",
+            Setting::EvalSeqLen => "evaluation sequence length",
+            Setting::EvalText => "perplexity text",
+            Setting::Count => "component count",
+            Setting::Token => "token id",
+            Setting::Foil => "foil token id",
+            Setting::Data => "data file",
+        }
+    }
+}
+
 /// Marker carried inside an anyhow chain; invisible in the message itself.
 #[derive(Debug)]
 struct Tagged {
     kind: Kind,
+    setting: Option<Setting>,
     msg: String,
 }
 
 impl fmt::Display for Tagged {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.msg)
+        match self.setting {
+            Some(s) => write!(f, "{} {}", s.what(), self.msg),
+            None => f.write_str(&self.msg),
+        }
     }
 }
 
@@ -65,7 +110,33 @@ impl std::error::Error for Tagged {}
 pub fn err(kind: Kind, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Tagged {
         kind,
+        setting: None,
         msg: msg.into(),
+    })
+}
+
+/// A usage error about one chosen value: `detail` follows the value's name (see [`Setting`]).
+pub fn invalid(setting: Setting, detail: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Tagged {
+        kind: Kind::Usage,
+        setting: Some(setting),
+        msg: detail.into(),
+    })
+}
+
+/// `invalid!(SeqLen, "{n} is larger than ...")`: return a usage error about one value.
+#[macro_export]
+macro_rules! invalid {
+    ($setting:ident, $($arg:tt)*) => {
+        return Err($crate::error::invalid($crate::error::Setting::$setting, format!($($arg)*)))
+    };
+}
+
+/// The value an error is about and its detail, if it is such an error.
+pub fn setting_of(e: &anyhow::Error) -> Option<(Setting, &str)> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<Tagged>()
+            .and_then(|t| t.setting.map(|s| (s, t.msg.as_str())))
     })
 }
 

@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod jobs;
 pub mod kernels;
 pub mod lrp;
 pub mod model;

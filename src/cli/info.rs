@@ -1,54 +1,46 @@
-use super::{output, ModelArgs};
+//! `sparc3 info`: the model's architecture, sizes and prunable layers.
+
+use super::args::ModelArgs;
+use super::output::print_json;
+use crate::jobs::info::{self, Report};
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Print JSON.
+    /// Print JSON (one line unless stdout is a terminal).
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
     super::set_threads(a.model.threads)?;
-    let req = a.model.request()?;
-    let loaded = crate::source::load(&req)?;
-    let m = &loaded.model;
-    let linears: Vec<_> = m
-        .linears()
-        .into_iter()
-        .map(|l| json!({"name": l.name, "shape": l.weight.dims(), "bias": l.bias.is_some()}))
-        .collect();
-    let prunable: usize = m.linears().iter().map(|l| l.weight.elem_count()).sum();
+    let loaded = a.model.load()?;
+    let r = info::run(&loaded);
     if a.json {
-        output::print_json(&json!({
-            "model": loaded.origin,
-            "config_sha256": loaded.config_sha256,
-            "dims": m.dims,
-            "parameters": m.parameter_count(),
-            "prunable_weights": prunable,
-            "tied_embeddings": m.tied,
-            "dtype": super::dtype_name(loaded.store.disk_dtype()),
-            "linears": linears,
-            "device": format!("{:?}", m.device),
-            "cpu_matmul": crate::kernels::gemm::backend(),
-        }));
-        return Ok(());
+        print_json(&r);
+    } else {
+        print(&r);
     }
-    let d = &m.dims;
-    outln!("model          {}", loaded.origin.label());
+    Ok(())
+}
+
+fn print(r: &Report) {
+    let d = &r.dims;
+    let label = r.provenance.model.as_ref().map(|m| m.label());
+    outln!("model          {}", label.unwrap_or_default());
     outln!("architecture   {}", d.arch);
     outln!(
         "parameters     {} (tied embedding counted once: {})",
-        m.parameter_count(),
-        m.tied
+        r.parameters,
+        r.tied_embeddings
     );
     outln!(
-        "prunable       {prunable} weights in {} linear layers",
-        m.linears().len()
+        "prunable       {} weights in {} linear layers",
+        r.prunable_weights,
+        r.linears.len()
     );
     outln!("layers         {}", d.layers);
     outln!("hidden         {}", d.hidden);
@@ -61,25 +53,20 @@ pub fn run(a: InfoArgs) -> Result<()> {
     outln!("mlp width      {}", d.intermediate);
     outln!("vocab          {}", d.vocab);
     outln!("max positions  {}", d.max_positions);
+    outln!("dtype          {} on disk", r.disk_dtype);
     outln!(
-        "dtype          {} on disk",
-        super::dtype_name(loaded.store.disk_dtype())
-    );
-    outln!(
-        "device         {:?} (CPU matrix products: {})",
-        m.device,
-        crate::kernels::gemm::backend()
+        "device         {} (CPU matrix products: {})",
+        r.provenance.device,
+        r.cpu_matmul
     );
     outln!("prunable linear layers:");
-    for l in m.linears() {
-        let s = l.weight.dims();
+    for l in &r.linears {
         outln!(
             "  {:<48} [{}, {}]{}",
             l.name,
-            s[0],
-            s[1],
-            if l.bias.is_some() { " +bias" } else { "" }
+            l.shape[0],
+            l.shape[1],
+            if l.bias { " +bias" } else { "" }
         );
     }
-    Ok(())
 }

@@ -1,8 +1,10 @@
-use super::output;
-use crate::lrp::file::RelevanceFile;
+//! `sparc3 merge`: combine the relevance files of a sharded `attribute` run.
+
+use super::args::OutArgs;
+use super::output::print_json;
+use crate::jobs::merge;
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -12,41 +14,34 @@ pub struct MergeArgs {
     pub files: Vec<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long)]
-    pub force: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutArgs,
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
-    crate::io::check_output(&a.out, a.force, &a.files)?;
-    let files = a
-        .files
-        .iter()
-        .map(|p| Ok((p.display().to_string(), RelevanceFile::read(p)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let merged = RelevanceFile::merge(files)?;
-    merged.write(&a.out)?;
-    let m = &merged.meta;
-    if a.json {
-        output::print_json(&json!({"command": "merge", "out": a.out, "meta": m}));
-    } else {
+    crate::io::check_output(&a.out, a.output.force, &a.files)?;
+    let o = merge::run(&a.files, Some(a.out.clone()))?;
+    o.file.write(&a.out)?;
+    let m = &o.report.meta;
+    if a.output.json {
+        print_json(&o.report);
+        return Ok(());
+    }
+    outln!(
+        "merged {} files: {} of {} samples, shards {:?} of {}; wrote {}",
+        a.files.len(),
+        m.samples,
+        m.samples_total,
+        m.shards,
+        m.shard_count,
+        a.out.display()
+    );
+    if m.shards.len() < m.shard_count {
         outln!(
-            "merged {} files: {} of {} samples, shards {:?} of {}; wrote {}",
-            a.files.len(),
-            m.samples,
-            m.samples_total,
-            m.shards,
-            m.shard_count,
-            a.out.display()
+            "note: {} of {} shards are still missing",
+            m.shard_count - m.shards.len(),
+            m.shard_count
         );
-        if m.shards.len() < m.shard_count {
-            outln!(
-                "note: {} of {} shards are still missing",
-                m.shard_count - m.shards.len(),
-                m.shard_count
-            );
-        }
     }
     Ok(())
 }

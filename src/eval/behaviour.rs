@@ -265,7 +265,7 @@ mod tests {
 }
 
 /// Behaviour of a model on held-out undesired prompts (and general perplexity).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Behaviour {
     /// Mean log-probability per token of the undesired continuations (teacher forced).
     pub logprob_per_token: f64,

@@ -9,7 +9,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GenConfig {
     pub new_tokens: usize,
     /// Samples per prompt.

@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PplResult {
     pub ppl: f64,
     pub mean_nll: f64,

@@ -6,7 +6,7 @@ use crate::tasks::task::TaskPrompt;
 use anyhow::Result;
 use candle_core::Tensor;
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TaskMetrics {
     pub accuracy: f64,
     pub logit_diff: f64,

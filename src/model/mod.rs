@@ -54,7 +54,7 @@ pub fn build(cfg: &serde_json::Value, store: &WeightStore) -> Result<DecoderMode
 }
 
 /// Sizes every part of sparc3 needs to know.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Dims {
     pub arch: String,
     pub hidden: usize,

@@ -4,11 +4,13 @@
 //! This reproduces the reference magnitude run on SmolLM2 exactly (514.0 at 50%; removing the
 //! higher index first gives 520.2: quantized weights tie a lot).
 
-use crate::fail;
+use crate::{fail, invalid};
 use anyhow::Result;
 use rayon::prelude::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every output row drops the same fraction of its inputs (Wanda's protocol).
@@ -31,6 +33,17 @@ pub enum Pattern {
     },
 }
 
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Row => "row",
+            Scope::Layer => "layer",
+            Scope::Global => "global",
+            Scope::Block => "block",
+        }
+    }
+}
+
 impl Pattern {
     pub fn parse(s: &str) -> Result<Self> {
         if s == "unstructured" {
@@ -41,9 +54,9 @@ impl Pattern {
             .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
         match parsed {
             Some((n, m)) if n >= 1 && n < m => Ok(Pattern::NM { n, m }),
-            _ => fail!(
-                Usage,
-                "--pattern {s}: expected unstructured or N:M with 0 < N < M (e.g. 2:4)"
+            _ => invalid!(
+                Pattern,
+                "{s}: expected unstructured or N:M with 0 < N < M (e.g. 2:4)"
             ),
         }
     }

@@ -1,10 +1,8 @@
 //! Scores, masks and applying them. Nothing here knows which architecture it prunes: it works
 //! on the model's list of linear layers and their names.
 
-pub mod circuit;
-pub mod compress;
-pub mod correct;
 pub mod mask;
+pub mod method;
 pub mod ranking;
 pub mod scores;
 pub mod sparsegpt;

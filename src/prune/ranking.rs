@@ -6,40 +6,14 @@ use super::apply_mask;
 use super::mask::{self, Scope};
 use super::scores::{self, InputStats};
 use super::structured::{self, Granularity, UnitGroup};
-use crate::fail;
 use crate::lrp::accum::{Accumulators, Aggregation};
-use crate::lrp::{self, rules::Rule, Target};
+use crate::lrp::{self, Target};
 use crate::model::DecoderModel;
+use crate::{fail, invalid};
 use anyhow::Result;
 use std::collections::HashMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Lrp,
-    Gradient,
-    Wanda,
-    Activation,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Lrp => "lrp",
-            Method::Gradient => "gradient",
-            Method::Wanda => "wanda",
-            Method::Activation => "activation",
-        }
-    }
-
-    /// The paper's best grouping per method: Wanda per row, the others globally.
-    pub fn default_scope(self) -> Scope {
-        match self {
-            Method::Wanda => Scope::Row,
-            _ => Scope::Global,
-        }
-    }
-}
+pub use super::method::Method;
 
 /// Components in removal order.
 #[derive(Clone)]
@@ -221,7 +195,9 @@ impl Ranking {
 pub const RATIO_SMOOTHING: f64 = 0.1;
 
 /// How correction combines the general share `g` and the undesired share `u` of a component.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Criterion {
     /// `g − u`, lowest first (the paper's): favours components with a large absolute share of
@@ -283,11 +259,7 @@ pub fn rank(
     }
     let src = match method {
         Method::Lrp | Method::Gradient => {
-            let rule = if method == Method::Lrp {
-                Rule::Lrp { epsilon: None }
-            } else {
-                Rule::Grad
-            };
+            let rule = method.rule().expect("a relevance method");
             let mut acc = Accumulators::new(aggregation);
             // Units need only the relevance reaching them, not every weight's.
             acc.per_weight = granularity == Granularity::Weight;
@@ -310,13 +282,16 @@ pub fn rank(
         Method::Wanda | Method::Activation => {
             Src::Stats(scores::input_stats(model, samples, |i| progress(i, n))?)
         }
+        Method::Magnitude | Method::SparseGpt => {
+            invalid!(Method, "{} does not rank components", method.name())
+        }
     };
     if granularity != Granularity::Weight {
         let groups = structured::unit_groups(model, granularity, selected);
         if groups.is_empty() {
-            fail!(
-                Usage,
-                "--layers matches none of the layers that read the model's {}s",
+            invalid!(
+                Layers,
+                "matches none of the layers that read the model's {}s",
                 granularity.name()
             );
         }
@@ -355,7 +330,7 @@ pub fn rank(
         layers.push((l.name.clone(), [o, i], s));
     }
     if layers.is_empty() {
-        fail!(Usage, "--layers matches none of the model's linear layers");
+        invalid!(Layers, "matches none of the model's linear layers");
     }
     Ok(Ranking::Weights { scope, layers })
 }

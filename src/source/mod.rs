@@ -40,7 +40,7 @@ impl ModelRequest {
 }
 
 /// Where a model came from, for reports and for writing derived models.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
     Builtin {

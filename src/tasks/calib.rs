@@ -45,11 +45,11 @@ impl Rng {
 }
 
 /// How the samples were made (recorded in outputs).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CalibInfo {
     pub file: String,
     pub sha256: String,
-    pub recipe: &'static str,
+    pub recipe: String,
     pub samples: usize,
     pub seq_len: usize,
     pub seed: u64,
@@ -122,7 +122,7 @@ pub fn spans(
     let info = CalibInfo {
         file: label,
         sha256: sha,
-        recipe: "prompt+continuation records (span target)",
+        recipe: "prompt+continuation records (span target)".into(),
         samples: n,
         seq_len,
         seed: 0,
@@ -160,10 +160,10 @@ pub fn sample(
     if text.trim().is_empty() {
         fail!(Input, "data file {label} is empty");
     }
-    let info = |recipe| CalibInfo {
+    let info = |recipe: &str| CalibInfo {
         file: label.clone(),
         sha256: sha.clone(),
-        recipe,
+        recipe: recipe.into(),
         samples: n,
         seq_len,
         seed,

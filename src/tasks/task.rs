@@ -9,7 +9,7 @@ use anyhow::Result;
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TaskPrompt {
     pub prompt: String,
     #[serde(skip)]
@@ -23,7 +23,7 @@ pub struct TaskPrompt {
 }
 
 /// Where a task came from (recorded in reports).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TaskInfo {
     pub name: String,
     pub source: String,

@@ -15,11 +15,11 @@ pub struct Record {
     pub continuation: Option<String>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SetInfo {
     pub file: String,
     pub sha256: String,
-    pub format: &'static str,
+    pub format: String,
     pub records: usize,
     pub with_continuation: usize,
     pub holdout: f64,
@@ -97,7 +97,7 @@ pub fn read(path: &Path, holdout: f64, seed: u64) -> Result<UndesiredSet> {
         info: SetInfo {
             file: label,
             sha256,
-            format: if jsonl { "jsonl" } else { "text" },
+            format: if jsonl { "jsonl" } else { "text" }.into(),
             records: n,
             with_continuation,
             holdout,

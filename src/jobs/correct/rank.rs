@@ -3,15 +3,18 @@
 //! scale, and remove the components that matter to the undesired behaviour but not to general
 //! text.
 
-use super::ranking::{rank, AttrRun, Method, Ranking};
-use super::structured::Granularity;
 use crate::lrp::accum::Aggregation;
 use crate::lrp::Target;
 use crate::model::DecoderModel;
+use crate::prune::method::Method;
+use crate::prune::ranking::{rank, AttrRun, Ranking};
+use crate::prune::structured::Granularity;
 use anyhow::Result;
 
 /// What the two sets' relevance explains, and how it is summed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// The paper's: |relevance| of the logits of the undesired continuations and of general
@@ -69,7 +72,7 @@ pub fn rank_sets(
     runs: [&AttrRun; 2],
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<(Ranking, Ranking)> {
-    let scope = super::mask::Scope::Global;
+    let scope = crate::prune::mask::Scope::Global;
     let (u_agg, g_agg) = objective.aggregations();
     let general_target = objective.general_target();
     let u_ids: Vec<Vec<u32>> = undesired.iter().map(|u| u.0.clone()).collect();

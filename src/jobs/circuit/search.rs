@@ -3,10 +3,13 @@
 //! and a bisection for the smallest fraction whose held-out accuracy stays at or above
 //! `keep_metric` × the dense model's. What survives is the task's circuit.
 
-pub use super::ranking::{pruned, rank, AttrRun, Method as CircuitMethod, Ranking, Selection};
 use crate::eval::task::{self, TaskMetrics};
 use crate::lrp::Target;
 use crate::model::DecoderModel;
+use crate::prune::mask::Scope;
+use crate::prune::method::Method;
+use crate::prune::ranking::{pruned, rank, AttrRun, Ranking, Selection};
+use crate::prune::structured::Granularity;
 use crate::tasks::task::TaskPrompt;
 use anyhow::Result;
 
@@ -16,9 +19,9 @@ use anyhow::Result;
 pub fn rank_task(
     model: &DecoderModel,
     prompts: &[TaskPrompt],
-    method: CircuitMethod,
-    granularity: super::structured::Granularity,
-    scope: super::mask::Scope,
+    method: Method,
+    granularity: Granularity,
+    scope: Scope,
     selected: &dyn Fn(&str) -> bool,
     run: &AttrRun,
     progress: impl FnMut(usize, usize),
@@ -41,7 +44,7 @@ pub fn rank_task(
     )
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CurvePoint {
     /// The fraction asked for (the search variable); what is kept is rounded to whole
     /// components (per row with row scope).

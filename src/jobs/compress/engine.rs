@@ -1,52 +1,16 @@
-//! The compression job: scores → masks → pruned model, with before/after perplexity.
+//! Pruning one model to one ratio: scores → masks → pruned weights (optionally reconstructed
+//! by OBS). Shared by `compress` (one ratio) and `sweep` (one scoring, many ratios).
 
-use super::mask::{self, Pattern, Scope};
-use super::{apply_mask, scores};
-use crate::eval::perplexity;
-use crate::fail;
 use crate::lrp::accum::{Accumulators, Aggregation};
 use crate::lrp::file::RelevanceFile;
-use crate::lrp::rules::Rule;
 use crate::lrp::{self, Target};
 use crate::model::DecoderModel;
+use crate::prune::mask::{self, Pattern, Scope};
+use crate::prune::method::Method;
+use crate::prune::{apply_mask, scores};
+use crate::{fail, invalid};
 use anyhow::Result;
 use std::collections::HashMap;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Lrp,
-    Gradient,
-    Wanda,
-    Magnitude,
-    SparseGpt,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Lrp => "lrp",
-            Method::Gradient => "gradient",
-            Method::Wanda => "wanda",
-            Method::Magnitude => "magnitude",
-            Method::SparseGpt => "sparsegpt",
-        }
-    }
-
-    /// Each method's reference grouping: magnitude per layer, SparseGPT per adaptive
-    /// 128-column block, the others per row.
-    pub fn default_scope(self) -> Scope {
-        match self {
-            Method::Magnitude => Scope::Layer,
-            Method::SparseGpt => Scope::Block,
-            _ => Scope::Row,
-        }
-    }
-
-    pub fn needs_calibration(self) -> bool {
-        !matches!(self, Method::Magnitude)
-    }
-}
 
 pub struct CompressJob<'a> {
     pub method: Method,
@@ -87,18 +51,18 @@ pub fn compress(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<CompressResult> {
     if !(job.ratio > 0.0 && job.ratio < 1.0) {
-        fail!(Usage, "--ratio must be in (0, 1), got {}", job.ratio);
+        invalid!(Ratio, "must be in (0, 1), got {}", job.ratio);
     }
     let selected = |name: &str| job.layers.as_ref().is_none_or(|r| r.is_match(name));
     if !model.linears().iter().any(|l| selected(&l.name)) {
-        fail!(Usage, "--layers matches none of the model's linear layers");
+        invalid!(Layers, "matches none of the model's linear layers");
     }
     if let Pattern::NM { n, m } = job.pattern {
         for l in model.linears() {
             if selected(&l.name) && l.in_features() % m != 0 {
-                fail!(
-                    Usage,
-                    "--pattern {n}:{m} does not divide the input dimension {} of {}",
+                invalid!(
+                    Pattern,
+                    "{n}:{m} does not divide the input dimension {} of {}",
                     l.in_features(),
                     l.name
                 );
@@ -107,20 +71,21 @@ pub fn compress(
     }
     let start = std::time::Instant::now();
     if job.scope == Scope::Block && job.method != Method::SparseGpt {
-        fail!(
-            Usage,
-            "--scope block is SparseGPT's grouping; use row, layer or global"
+        invalid!(
+            Scope,
+            "block is SparseGPT's grouping; use row, layer or global"
         );
     }
     if job.method == Method::SparseGpt {
         if matches!(job.scope, Scope::Layer | Scope::Global) {
-            fail!(
-                Usage,
-                "sparsegpt selects within 128-column blocks; use --scope block (default) or row"
+            invalid!(
+                Scope,
+                "{}: sparsegpt selects within 128-column blocks; use block (its default) or row",
+                job.scope.name()
             );
         }
         let n = model.blocks.len();
-        let masks = super::sparsegpt::prune(
+        let masks = crate::prune::sparsegpt::prune(
             model,
             job.samples,
             job.ratio,
@@ -139,7 +104,7 @@ pub fn compress(
     let mut res = choose(model, job, &selected, start, &mut progress)?;
     if let Some(mut d) = dense {
         let n = d.blocks.len();
-        let masks = super::sparsegpt::prune(
+        let masks = crate::prune::sparsegpt::prune(
             &mut d,
             job.samples,
             job.ratio,
@@ -165,9 +130,9 @@ fn choose(
 ) -> Result<CompressResult> {
     if job.method == Method::Wanda {
         if job.scope == Scope::Global {
-            fail!(
-                Usage,
-                "wanda prunes block by block; use --scope row or layer"
+            invalid!(
+                Scope,
+                "global: wanda prunes block by block; use row or layer"
             );
         }
         let n = model.blocks.len();
@@ -262,11 +227,7 @@ pub fn scores_of(
                 scores::from_relevance(file, model, job.config_sha256, label)?
             }
             None => {
-                let rule = if job.method == Method::Lrp {
-                    Rule::Lrp { epsilon: None }
-                } else {
-                    Rule::Grad
-                };
+                let rule = job.method.rule().expect("a relevance method");
                 let mut acc = Accumulators::new(job.aggregation);
                 let t = job.samples.first().map_or(0, |s| s.len());
                 let mode = lrp::auto_mode(model, t);
@@ -286,18 +247,8 @@ pub fn scores_of(
                 acc.layers.into_iter().map(|(k, v)| (k, v.weight)).collect()
             }
         },
-        Method::Wanda | Method::SparseGpt => {
-            anyhow::bail!("{} scores while it prunes", job.method.name())
+        Method::Wanda | Method::SparseGpt | Method::Activation => {
+            anyhow::bail!("{} has no per-weight scores to reuse", job.method.name())
         }
     })
-}
-
-/// Perplexity helper used before and after pruning.
-pub fn ppl(
-    model: &DecoderModel,
-    ids: &[u32],
-    seq_len: usize,
-    windows: Option<usize>,
-) -> Result<perplexity::PplResult> {
-    perplexity::perplexity(model, ids, seq_len, windows, |_, _| {})
 }

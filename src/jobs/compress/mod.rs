@@ -1,0 +1,239 @@
+//! `compress`: prune a model to a target sparsity and evaluate it before and after.
+
+pub mod engine;
+
+use super::prepare::{CalibConfig, EvalInfo, PplConfig, Prepared};
+use super::{Artefact, DataRef, LayerFilter, Progress, Provenance, Resume};
+use crate::lrp::accum::Aggregation;
+use crate::lrp::checkpoint::Checkpoint;
+use crate::lrp::file::{RelMeta, RelevanceFile};
+use crate::model::DecoderModel;
+use crate::prune::mask::{Pattern, Scope};
+use crate::prune::method::Method;
+use crate::source::Loaded;
+use crate::tasks::calib::CalibInfo;
+use anyhow::Result;
+use engine::CompressJob;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What happens to the surviving weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Update {
+    /// Zero the removed weights, change nothing else.
+    None,
+    /// Reconstruct the surviving weights with SparseGPT's OBS update (any method's mask).
+    Obs,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub method: Method,
+    /// Fraction of each group's weights to remove, in (0, 1).
+    pub ratio: f64,
+    /// Grouping (None: the method's reference grouping).
+    pub scope: Option<Scope>,
+    pub pattern: Pattern,
+    pub calib: CalibConfig,
+    /// A relevance file to use instead of a fresh attribution.
+    pub scores: Option<PathBuf>,
+    pub layers: LayerFilter,
+    pub eval: PplConfig,
+    pub update: Update,
+    pub resume: Resume,
+    /// The output location; the attribution's checkpoint is kept beside it.
+    pub out: Option<PathBuf>,
+    /// Also produce the removal mask.
+    pub save_mask: bool,
+    /// Run past the memory guard.
+    pub force_memory: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerSparsity {
+    pub layer: String,
+    pub sparsity: f64,
+}
+
+/// `sparc3-report.json` and `compress --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub method: Method,
+    pub update: Update,
+    pub scope: Scope,
+    /// `unstructured` or `N:M`.
+    pub pattern: String,
+    pub ratio_requested: f64,
+    pub ratio_achieved_in_pruned_layers: f64,
+    pub sparsity_all_linears: f64,
+    pub sparsity_per_layer: Vec<LayerSparsity>,
+    pub layers_regex: Option<String>,
+    pub calibration: Option<CalibInfo>,
+    pub scores_file: Option<PathBuf>,
+    /// A reused relevance file's own protocol (data, samples, seq_len, seed, rule, shards).
+    pub scores_protocol: Option<RelMeta>,
+    pub target: String,
+    pub aggregation: Aggregation,
+    pub eval: Option<EvalInfo>,
+    pub ppl_before: Option<f64>,
+    pub ppl_after: Option<f64>,
+    pub seconds_scores: f64,
+    pub seconds_prune: f64,
+}
+
+pub struct Outcome {
+    pub report: Report,
+    /// The pruned model, to be written in the input's layout.
+    pub model: DecoderModel,
+    /// Files written beside the model: the report, and the mask when asked for.
+    pub files: Vec<Artefact>,
+    /// The attribution's checkpoint, to remove once the output is in place.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+pub const REPORT_FILE: &str = "sparc3-report.json";
+
+pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
+    let start = std::time::Instant::now();
+    let method = cfg.method;
+    let scope = cfg.scope.unwrap_or(method.compress_scope());
+    let relevance = cfg.scores.as_deref().map(RelevanceFile::read).transpose()?;
+    let needs_calib =
+        (method.needs_calibration() && relevance.is_none()) || cfg.update == Update::Obs;
+    let prep = Prepared::new(loaded, &cfg.calib, &cfg.eval, needs_calib)?;
+    let mut model = loaded.model.clone();
+    let before = prep.ppl(&model)?;
+    let label = cfg.scores.as_ref().map(|p| p.display().to_string());
+    let job = CompressJob {
+        method,
+        ratio: cfg.ratio,
+        scope,
+        pattern: cfg.pattern,
+        samples: prep.samples(),
+        target: prep.target.clone(),
+        aggregation: prep.aggregation,
+        scores: relevance
+            .as_ref()
+            .map(|r| (r, label.clone().unwrap_or_default())),
+        config_sha256: &loaded.config_sha256,
+        layers: cfg.layers.0.clone(),
+        update_obs: cfg.update == Update::Obs,
+        checkpoint: checkpoint(loaded, cfg, &prep),
+        resume: cfg.resume.resume,
+        force_memory: cfg.force_memory,
+        precomputed: None,
+    };
+    progress.stage(method.name(), 0);
+    let t_prune = std::time::Instant::now();
+    let res = engine::compress(&mut model, &job, |what, i, n| {
+        progress.message(what);
+        progress.position(i as u64, Some(n as u64));
+    })?;
+    progress.done();
+    if let (Some(r), Some(label)) = (&relevance, &label) {
+        note_foreign_protocol(r, label, &prep, progress);
+    }
+    let seconds_prune = t_prune.elapsed().as_secs_f64();
+    let after = prep.ppl(&model)?;
+    let (per_layer, overall) = crate::prune::sparsity(&model)?;
+    let mut files = Vec::new();
+    if cfg.save_mask {
+        files.push((
+            "mask.safetensors".to_string(),
+            crate::prune::mask::to_bytes(&model, &res.masks)?,
+        ));
+    }
+    let mut data = prep.data_refs();
+    if let (Some(r), Some(label)) = (&relevance, &label) {
+        data.push(DataRef::new("scores", label, &r.meta.data_sha256));
+    }
+    let report = Report {
+        provenance: Provenance::of("compress", loaded, data, start),
+        method,
+        update: cfg.update,
+        scope,
+        pattern: cfg.pattern.name(),
+        ratio_requested: cfg.ratio,
+        ratio_achieved_in_pruned_layers: removed_share(&res.masks),
+        sparsity_all_linears: overall,
+        sparsity_per_layer: per_layer
+            .into_iter()
+            .map(|(layer, sparsity)| LayerSparsity { layer, sparsity })
+            .collect(),
+        layers_regex: cfg.layers.pattern(),
+        calibration: prep.calib.as_ref().map(|c| c.info.clone()),
+        scores_file: cfg.scores.clone(),
+        scores_protocol: relevance.as_ref().map(|r| r.meta.clone()),
+        target: relevance
+            .as_ref()
+            .map_or(job.target.name().to_string(), |r| r.meta.target.clone()),
+        aggregation: relevance
+            .as_ref()
+            .map_or(job.aggregation, |r| r.meta.aggregation),
+        eval: prep.eval_info(before.as_ref().map(|b| b.windows)),
+        ppl_before: before.as_ref().map(|b| b.ppl),
+        ppl_after: after.as_ref().map(|b| b.ppl),
+        seconds_scores: res.seconds_scores,
+        seconds_prune,
+    };
+    files.insert(
+        0,
+        (REPORT_FILE.to_string(), serde_json::to_vec_pretty(&report)?),
+    );
+    Ok(Outcome {
+        report,
+        model,
+        files,
+        checkpoint: job.checkpoint,
+    })
+}
+
+/// The fresh attribution's checkpoint beside the output, fingerprinted by what decides it.
+fn checkpoint(loaded: &Loaded, cfg: &Config, prep: &Prepared) -> Option<Checkpoint> {
+    let out = cfg.out.as_ref().filter(|_| cfg.resume.active())?;
+    let dtype = crate::jobs::report::dtype_name(
+        loaded
+            .model
+            .linears()
+            .first()
+            .map_or(candle_core::DType::F32, |l| l.weight.dtype()),
+    );
+    let fingerprint = super::sha256_json(&serde_json::json!({
+        "config": loaded.config_sha256,
+        "calibration": prep.calib.as_ref().map(|c| &c.info),
+        "method": cfg.method.name(),
+        "target": prep.target,
+        "aggregation": prep.aggregation,
+        "dtype": dtype,
+    }));
+    Some(Checkpoint {
+        path: Checkpoint::path_for(out),
+        every: cfg.resume.every.unwrap_or(0),
+        fingerprint,
+    })
+}
+
+/// A reused relevance file explains another target or aggregation than a fresh attribution
+/// would: it is used as it is, and the user is told.
+fn note_foreign_protocol(r: &RelevanceFile, label: &str, prep: &Prepared, p: &dyn Progress) {
+    let file_target = r.meta.target_name();
+    if r.meta.aggregation != prep.aggregation || file_target != prep.target.name() {
+        p.note(&format!(
+            "note: {label} holds '{file_target}' relevance with '{}' aggregation, used as it is (a fresh attribution would use '{}' with '{}')",
+            r.meta.aggregation.name(),
+            prep.target.name(),
+            prep.aggregation.name()
+        ));
+    }
+}
+
+/// Fraction of the pruned layers' weights that the masks remove.
+fn removed_share(masks: &std::collections::HashMap<String, Vec<bool>>) -> f64 {
+    let (z, n) = masks.values().fold((0usize, 0usize), |(z, n), m| {
+        (z + m.iter().filter(|&&x| x).count(), n + m.len())
+    });
+    z as f64 / n.max(1) as f64
+}
