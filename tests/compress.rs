@@ -1065,7 +1065,7 @@ fn out_dtype_f16_and_bf16_write_half_tensors_that_load() {
             );
         }
         assert_eq!(read_json(&out.join("config.json"))["torch_dtype"], name);
-        assert_eq!(info_json(&out)["dtype"], flag);
+        assert_eq!(info_json(&out)["disk_dtype"], flag);
         let ppl = eval_ppl(&out, Some(&wikitext()), 64, 2);
         assert_rel(flag, ppl, r32["ppl_after"].as_f64().unwrap(), 2e-2);
     }

@@ -205,7 +205,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         if a.output.json {
             print_json(&r);
         } else {
-            print_table(&r.dense, &[("mask", 0, &r.corrected)]);
+            super::tables::print_table(&r.dense, &[("mask", 0, &r.corrected)]);
         }
         return Ok(());
     }
@@ -234,7 +234,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
                 .map(move |p| (s.label.as_str(), p.count, &p.behaviour))
         })
         .collect();
-    print_table(&r.dense, &rows);
+    super::tables::print_table(&r.dense, &rows);
     let w = &r.written;
     outln!(
         "wrote {} ({} {} −{} {}), {:.0} s",
@@ -246,35 +246,4 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         r.provenance.seconds
     );
     Ok(())
-}
-
-fn print_table(dense: &Behaviour, rows: &[(&str, usize, &Behaviour)]) {
-    outln!(
-        "{:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9}",
-        "method",
-        "count",
-        "logp/tok",
-        "flag-smp",
-        "flag-pr",
-        "flag-grd",
-        "uniq",
-        "ppl"
-    );
-    let line = |name: &str, c: String, b: &Behaviour| {
-        outln!(
-            "{:<20} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>8.3} {:>9}",
-            name,
-            c,
-            b.logprob_per_token,
-            b.flagged_sample_rate,
-            b.flagged_prompt_rate,
-            b.greedy_flagged_rate,
-            b.greedy_unique_ratio,
-            b.ppl.map_or("-".into(), |p| format!("{p:.4}"))
-        );
-    };
-    line("dense", "0".into(), dense);
-    for (m, c, b) in rows {
-        line(m, c.to_string(), b);
-    }
 }

@@ -11,7 +11,7 @@ pub fn markdown() -> String {
     let _ = writeln!(s, "# Command reference\n");
     let _ = writeln!(
         s,
-        "Generated from the flag definitions (`src/cli/`); do not edit by hand. Regenerate with\n`SPARC3_UPDATE_DOCS=1 cargo test --release --test it docs::`.\n"
+        "Generated from the flag definitions (`src/cli/`); do not edit by hand. Regenerate with\n`SPARC3_UPDATE_DOCS=1 cargo test --release --lib cli::docs`.\n"
     );
     if let Some(about) = cli.get_about() {
         let _ = writeln!(s, "{about}\n");
@@ -89,4 +89,22 @@ fn row(a: &Arg) -> String {
         default.join(", "),
         help.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/cli.md` is what the flag definitions generate (`SPARC3_UPDATE_DOCS=1` rewrites it).
+    #[test]
+    fn cli_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
+        let now = super::markdown();
+        if std::env::var_os("SPARC3_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &now).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == now,
+            "docs/cli.md is stale: regenerate it with `SPARC3_UPDATE_DOCS=1 cargo test --release --lib cli::docs`"
+        );
+    }
 }

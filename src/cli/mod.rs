@@ -23,6 +23,7 @@ mod info;
 mod merge;
 pub mod output;
 mod sweep;
+mod tables;
 pub mod values;
 
 use anyhow::Result;

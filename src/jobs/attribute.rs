@@ -69,7 +69,9 @@ pub struct Outcome {
 pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
     let start = std::time::Instant::now();
     let model = &loaded.model;
-    let seq_len = cfg.seq_len.unwrap_or(512.min(model.dims.max_positions));
+    let seq_len = cfg
+        .seq_len
+        .unwrap_or_else(|| super::prepare::defaults::attribution_seq_len(loaded));
     if seq_len > model.dims.max_positions {
         invalid!(
             SeqLen,

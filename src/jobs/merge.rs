@@ -29,11 +29,10 @@ pub fn run(files: &[PathBuf], out: Option<PathBuf>) -> Result<Outcome> {
         .iter()
         .map(|p| Ok((p.display().to_string(), RelevanceFile::read(p)?)))
         .collect::<Result<Vec<_>>>()?;
-    let data = read
-        .iter()
-        .map(|(label, f)| DataRef::new("relevance", label, &f.meta.data_sha256))
-        .collect();
     let file = RelevanceFile::merge(read)?;
+    // Every shard attributed the same calibration data (merge refuses anything else).
+    let m = &file.meta;
+    let data = vec![DataRef::new("calibration", &m.data_file, &m.data_sha256)];
     let mut provenance = Provenance::without_model("merge", data, start);
     provenance.config_sha256 = Some(file.meta.config_sha256.clone());
     Ok(Outcome {

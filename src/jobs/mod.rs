@@ -117,3 +117,6 @@ pub fn remove_checkpoints<'a>(
         c.remove();
     }
 }
+
+#[cfg(test)]
+mod tests;

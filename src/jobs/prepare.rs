@@ -32,6 +32,13 @@ pub mod defaults {
         }
     }
 
+    /// Tokens per attribution sample: 512 or the model's limit, for the demo too (relevance
+    /// files of one model are merged and compared across runs, so their default never depends
+    /// on where the model came from).
+    pub fn attribution_seq_len(loaded: &Loaded) -> usize {
+        512.min(loaded.model.dims.max_positions)
+    }
+
     /// Windows evaluated when none are asked for: 64 of the built-in held-out text, else all.
     pub fn eval_windows(loaded: &Loaded, text_given: bool) -> Option<usize> {
         (is_builtin(loaded) && !text_given).then_some(64)

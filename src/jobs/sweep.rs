@@ -117,7 +117,8 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
     }
     let mut data = prep.data_refs();
     if let Some(r) = &relevance {
-        data.push(DataRef::new("scores", &label, &r.meta.data_sha256));
+        // The calibration data behind the reused relevance.
+        data.push(DataRef::new("calibration", &r.meta.data_file, &r.meta.data_sha256));
     }
     let report = Report {
         provenance: Provenance::of("sweep", loaded, data, start),

@@ -112,6 +112,32 @@ pub fn obs_layer(
     n: usize,
     choice: Choice,
 ) -> Result<Vec<bool>> {
+    let h = dampened(w, h, rows, n);
+    let u = upper_chol_of_inverse(&h, n)?;
+    let mut mask = vec![false; rows * n];
+    let mut i1 = 0;
+    while i1 < n {
+        let i2 = (i1 + BLOCK).min(n);
+        block_mask(w, &u, &mut mask, rows, n, (i1, i2), &choice);
+        let nm = match choice {
+            Choice::NM { n, m } => Some((n, m)),
+            _ => None,
+        };
+        obs_block(w, &u, &mut mask, n, (i1, i2), nm);
+        i1 = i2;
+    }
+    // Removed weights are exactly zero (the OBS step sets them; dead inputs too).
+    for (wv, &m) in w.iter_mut().zip(&mask) {
+        if m {
+            *wv = 0.0;
+        }
+    }
+    Ok(mask)
+}
+
+/// `h` with dead inputs (zero diagonal) set to 1 and their weights zeroed, plus 1% of the mean
+/// diagonal as damping.
+fn dampened(w: &mut [f64], h: &[f64], rows: usize, n: usize) -> Vec<f64> {
     let mut h = h.to_vec();
     for j in 0..n {
         if h[j * n + j] == 0.0 {
@@ -125,106 +151,112 @@ pub fn obs_layer(
     for j in 0..n {
         h[j * n + j] += damp;
     }
-    let u = upper_chol_of_inverse(&h, n)?;
-    let mut mask = vec![false; rows * n];
-    let mut i1 = 0;
-    while i1 < n {
-        let i2 = (i1 + BLOCK).min(n);
-        let bs = i2 - i1;
-        // Block mask (adaptive unstructured: one threshold over the block, as the reference).
-        match &choice {
-            Choice::Fixed(m) => {
+    h
+}
+
+/// The mask of columns `i1..i2` (adaptive unstructured: one threshold over the block, as the
+/// reference; N:M is chosen column by column in [`obs_block`]).
+fn block_mask(
+    w: &[f64],
+    u: &[f64],
+    mask: &mut [bool],
+    rows: usize,
+    n: usize,
+    (i1, i2): (usize, usize),
+    choice: &Choice,
+) {
+    let bs = i2 - i1;
+    match choice {
+        Choice::Fixed(m) => {
+            for r in 0..rows {
+                mask[r * n + i1..r * n + i2].copy_from_slice(&m[r * n + i1..r * n + i2]);
+            }
+        }
+        Choice::Adaptive { ratio, scope } => {
+            let score = |r: usize, j: usize| {
+                let x = w[r * n + j] / u[j * n + j];
+                x * x
+            };
+            if *scope == Scope::Row {
+                let k = (bs as f64 * ratio).floor() as usize;
                 for r in 0..rows {
-                    mask[r * n + i1..r * n + i2].copy_from_slice(&m[r * n + i1..r * n + i2]);
+                    let mut idx: Vec<usize> = (i1..i2).collect();
+                    idx.sort_by(|&a, &b| score(r, a).total_cmp(&score(r, b)).then(a.cmp(&b)));
+                    for &j in &idx[..k] {
+                        mask[r * n + j] = true;
+                    }
                 }
-            }
-            Choice::Adaptive { ratio, scope } => {
-                let score = |r: usize, j: usize| {
-                    let x = w[r * n + j] / u[j * n + j];
-                    x * x
-                };
-                if *scope == Scope::Row {
-                    let k = (bs as f64 * ratio).floor() as usize;
+            } else {
+                let mut all: Vec<f64> = (0..rows)
+                    .flat_map(|r| (i1..i2).map(move |j| (r, j)))
+                    .map(|(r, j)| score(r, j))
+                    .collect();
+                let k = ((all.len() as f64) * ratio) as usize;
+                if k < all.len() {
+                    let (_, t, _) = all.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+                    let thresh = *t;
                     for r in 0..rows {
-                        let mut idx: Vec<usize> = (i1..i2).collect();
-                        idx.sort_by(|&a, &b| score(r, a).total_cmp(&score(r, b)).then(a.cmp(&b)));
-                        for &j in &idx[..k] {
-                            mask[r * n + j] = true;
-                        }
-                    }
-                } else {
-                    let mut all: Vec<f64> = (0..rows)
-                        .flat_map(|r| (i1..i2).map(move |j| (r, j)))
-                        .map(|(r, j)| score(r, j))
-                        .collect();
-                    let k = ((all.len() as f64) * ratio) as usize;
-                    if k < all.len() {
-                        let (_, t, _) = all.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
-                        let thresh = *t;
-                        for r in 0..rows {
-                            for j in i1..i2 {
-                                mask[r * n + j] = score(r, j) <= thresh;
-                            }
+                        for j in i1..i2 {
+                            mask[r * n + j] = score(r, j) <= thresh;
                         }
                     }
                 }
             }
-            Choice::NM { .. } => {}
         }
-        // Column-by-column OBS inside the block, rows in parallel; then the block's error
-        // goes to the later columns.
-        let nm = match choice {
-            Choice::NM { n, m } => Some((n, m)),
-            _ => None,
-        };
-        w.par_chunks_mut(n)
-            .zip(mask.par_chunks_mut(n))
-            .for_each(|(wr, mr)| {
-                let mut err = vec![0.0; bs];
-                for (i, err_i) in err.iter_mut().enumerate() {
-                    let c = i1 + i;
-                    if let Some((pn, pm)) = nm {
-                        if i % pm == 0 {
-                            let end = (c + pm).min(i2);
-                            let mut idx: Vec<usize> = (c..end).collect();
-                            let sc = |j: usize| {
-                                let x = wr[j] / u[j * n + j];
-                                x * x
-                            };
-                            idx.sort_by(|&a, &b| sc(a).total_cmp(&sc(b)).then(a.cmp(&b)));
-                            for &j in idx.iter().take(pn) {
-                                mr[j] = true;
-                            }
+        Choice::NM { .. } => {}
+    }
+}
+
+/// Column-by-column OBS inside the block `i1..i2`, rows in parallel; then the block's error
+/// goes to the later columns. With `nm`, each group of M columns picks its N first.
+fn obs_block(
+    w: &mut [f64],
+    u: &[f64],
+    mask: &mut [bool],
+    n: usize,
+    (i1, i2): (usize, usize),
+    nm: Option<(usize, usize)>,
+) {
+    let bs = i2 - i1;
+    w.par_chunks_mut(n)
+        .zip(mask.par_chunks_mut(n))
+        .for_each(|(wr, mr)| {
+            let mut err = vec![0.0; bs];
+            for (i, err_i) in err.iter_mut().enumerate() {
+                let c = i1 + i;
+                if let Some((pn, pm)) = nm {
+                    if i % pm == 0 {
+                        let end = (c + pm).min(i2);
+                        let mut idx: Vec<usize> = (c..end).collect();
+                        let sc = |j: usize| {
+                            let x = wr[j] / u[j * n + j];
+                            x * x
+                        };
+                        idx.sort_by(|&a, &b| sc(a).total_cmp(&sc(b)).then(a.cmp(&b)));
+                        for &j in idx.iter().take(pn) {
+                            mr[j] = true;
                         }
                     }
-                    let d = u[c * n + c];
-                    let wv = wr[c];
-                    let q = if mr[c] { 0.0 } else { wv };
-                    let e = (wv - q) / d;
-                    let urow = &u[c * n..(c + 1) * n];
-                    for j in c..i2 {
-                        wr[j] -= e * urow[j];
-                    }
-                    wr[c] = q;
-                    *err_i = e;
                 }
-                for j in i2..n {
-                    let mut s = 0.0;
-                    for (i, e) in err.iter().enumerate() {
-                        s += e * u[(i1 + i) * n + j];
-                    }
-                    wr[j] -= s;
+                let d = u[c * n + c];
+                let wv = wr[c];
+                let q = if mr[c] { 0.0 } else { wv };
+                let e = (wv - q) / d;
+                let urow = &u[c * n..(c + 1) * n];
+                for j in c..i2 {
+                    wr[j] -= e * urow[j];
                 }
-            });
-        i1 = i2;
-    }
-    // Removed weights are exactly zero (the OBS step sets them; dead inputs too).
-    for (wv, &m) in w.iter_mut().zip(&mask) {
-        if m {
-            *wv = 0.0;
-        }
-    }
-    Ok(mask)
+                wr[c] = q;
+                *err_i = e;
+            }
+            for j in i2..n {
+                let mut s = 0.0;
+                for (i, e) in err.iter().enumerate() {
+                    s += e * u[(i1 + i) * n + j];
+                }
+                wr[j] -= s;
+            }
+        });
 }
 
 /// Prune (or, with `fixed`, only reconstruct) every selected linear layer block by block.

@@ -112,6 +112,8 @@ pub struct Prepared {
     pub tasks: TaskSet,
     pub dense: TaskMetrics,
     data: Vec<DataRef>,
+    /// When the job's work began (reports time the whole job).
+    started: std::time::Instant,
 }
 
 /// Input files the outputs must never overwrite.
@@ -123,6 +125,7 @@ pub fn inputs(cfg: &Config) -> Vec<PathBuf> {
 }
 
 pub fn prepare(loaded: &Loaded, cfg: &Config) -> Result<Prepared> {
+    let started = std::time::Instant::now();
     let tasks = match &cfg.task {
         TaskSource::Ioi { config } => crate::tasks::ioi::generate(
             config.as_deref(),
@@ -155,12 +158,17 @@ pub fn prepare(loaded: &Loaded, cfg: &Config) -> Result<Prepared> {
     }
     let dense = task::evaluate(&loaded.model, &tasks.evaluation)?;
     let data = vec![DataRef::new("task", &tasks.info.source, &tasks.info.sha256)];
-    Ok(Prepared { tasks, dense, data })
+    Ok(Prepared {
+        tasks,
+        dense,
+        data,
+        started,
+    })
 }
 
 /// Evaluate a saved circuit mask on the held-out prompts.
 pub fn evaluate_mask(loaded: &Loaded, prep: &Prepared, path: &Path) -> Result<MaskReport> {
-    let start = std::time::Instant::now();
+    let start = prep.started;
     let model = &loaded.model;
     let masks = mask::read(path, model)?;
     let m = task::evaluate(&pruned(model, &masks)?, &prep.tasks.evaluation)?;
@@ -184,7 +192,7 @@ pub fn run(
     prep: &Prepared,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let start = std::time::Instant::now();
+    let start = prep.started;
     check(cfg)?;
     let dense = &prep.dense;
     if dense.accuracy < MIN_DENSE_ACCURACY {

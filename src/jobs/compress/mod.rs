@@ -147,8 +147,9 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         ));
     }
     let mut data = prep.data_refs();
-    if let (Some(r), Some(label)) = (&relevance, &label) {
-        data.push(DataRef::new("scores", label, &r.meta.data_sha256));
+    if let Some(r) = &relevance {
+        // The calibration data behind the reused relevance.
+        data.push(DataRef::new("calibration", &r.meta.data_file, &r.meta.data_sha256));
     }
     let report = Report {
         provenance: Provenance::of("compress", loaded, data, start),

@@ -208,7 +208,7 @@ pub fn evaluate_mask(
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<MaskReport> {
-    let start = std::time::Instant::now();
+    let start = prep.started;
     let model = &loaded.model;
     let masks = mask::read(path, model)?;
     progress.stage("masked", 0);
@@ -234,7 +234,7 @@ pub fn run(
     prep: &Prepared,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let start = std::time::Instant::now();
+    let start = prep.started;
     let mut sweeps = Vec::new();
     let mut masks_out = Vec::new();
     let mut first: Option<Ranking> = None;

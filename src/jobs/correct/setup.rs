@@ -50,6 +50,8 @@ pub struct Prepared {
     held_seqs: Vec<(Vec<u32>, usize)>,
     eos: Vec<u32>,
     pub dense: Behaviour,
+    /// When the job's work began (reports time the whole job).
+    pub started: std::time::Instant,
 }
 
 impl Prepared {
@@ -146,6 +148,7 @@ pub fn prepare(
     inputs: Inputs,
     progress: &dyn Progress,
 ) -> Result<Prepared> {
+    let started = std::time::Instant::now();
     let components = components(loaded, cfg)?;
     let counts = counts(cfg, components)?;
     let max_pos = loaded.model.dims.max_positions;
@@ -195,6 +198,7 @@ pub fn prepare(
         held_seqs,
         eos: eos_ids(&loaded.config),
         dense: Behaviour::default(),
+        started,
     };
     prep.dense = prep
         .behaviour(loaded, cfg)
