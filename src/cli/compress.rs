@@ -57,6 +57,8 @@ pub struct CompressArgs {
     /// Fraction of each group's weights to remove, in (0, 1).
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub ratio: f64,
+    /// How weights are scored (lrp: AttnLRP relevance; gradient: |W ⊙ ∇W|; wanda:
+    /// |W|·‖X_j‖₂ with block replay; magnitude: |W|; sparsegpt: OBS reconstruction).
     #[arg(long, default_value = "lrp", value_parser = one_of(Method::COMPRESS))]
     pub method: Method,
     #[command(flatten)]
@@ -130,14 +132,14 @@ fn print(r: &compress::Report, out: &std::path::Path) {
         "method       {} ({:?} scope, {})",
         r.method.name(),
         r.scope,
-        r.pattern
+        r.protocol.pattern
     );
     outln!(
         "sparsity     {:.4} of the pruned layers' weights ({:.4} of all linears)",
         r.ratio_achieved_in_pruned_layers,
         r.sparsity_all_linears
     );
-    if let (Some(b), Some(af), Some(e)) = (r.ppl_before, r.ppl_after, &r.eval) {
+    if let (Some(b), Some(af), Some(e)) = (r.ppl_before, r.ppl_after, &r.protocol.eval) {
         outln!(
             "perplexity   {b:.4} → {af:.4} ({} windows of {} tokens)",
             e.windows.unwrap_or(0),

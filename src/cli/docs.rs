@@ -81,7 +81,7 @@ fn row(a: &Arg) -> String {
     if a.is_required_set() {
         help = format!("required. {help}");
     }
-    if a.get_value_delimiter() == Some(',') {
+    if a.get_value_delimiter() == Some(',') && !help.contains("comma") {
         help = format!("{help} (comma-separated list)");
     }
     format!(

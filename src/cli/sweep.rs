@@ -95,7 +95,7 @@ fn print(r: &Report, out: &std::path::Path) {
         }
         outln!();
     }
-    let e = r.eval.as_ref();
+    let e = r.protocol.eval.as_ref();
     outln!(
         "perplexity on {} ({} windows of {}); wrote {}, {:.0} s",
         e.map_or("-", |e| e.file.as_str()),

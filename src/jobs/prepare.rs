@@ -5,6 +5,7 @@ use super::DataRef;
 use crate::eval::perplexity::{self, PplResult};
 use crate::invalid;
 use crate::lrp::accum::Aggregation;
+use crate::lrp::file::{RelMeta, RelevanceFile};
 use crate::lrp::Target;
 use crate::model::DecoderModel;
 use crate::source::{Loaded, Origin};
@@ -76,6 +77,23 @@ pub struct EvalInfo {
     pub sha256: String,
     pub seq_len: usize,
     pub windows: Option<usize>,
+}
+
+/// What decides a pruning run besides its method and ratio; shared by the `compress` and
+/// `sweep` reports (flattened: the fields sit at the report's top level).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PruneProtocol {
+    /// `unstructured` or `N:M`.
+    pub pattern: String,
+    pub layers_regex: Option<String>,
+    pub calibration: Option<calib::CalibInfo>,
+    pub scores_file: Option<PathBuf>,
+    /// A reused relevance file's own protocol (data, samples, seq_len, seed, rule, shards).
+    pub scores_protocol: Option<RelMeta>,
+    /// What the relevance explains (a reused file's own target, as it records it).
+    pub target: String,
+    pub aggregation: Aggregation,
+    pub eval: Option<EvalInfo>,
 }
 
 /// Calibration samples (when needed) and the evaluation text with its token ids.
@@ -167,6 +185,44 @@ impl Prepared {
             seq_len: self.eval_seq,
             windows,
         })
+    }
+
+    /// The protocol of a run with `pattern` over `layers`; `scores`: a reused relevance file
+    /// (its target and aggregation are reported when `use_file_target`, else the fresh
+    /// attribution's).
+    pub fn protocol(
+        &self,
+        pattern: &crate::prune::mask::Pattern,
+        layers: &super::LayerFilter,
+        scores: Option<(&PathBuf, &RelevanceFile)>,
+        use_file_target: bool,
+        windows: Option<usize>,
+    ) -> PruneProtocol {
+        let file = scores.filter(|_| use_file_target).map(|s| &s.1.meta);
+        PruneProtocol {
+            pattern: pattern.name(),
+            layers_regex: layers.pattern(),
+            calibration: self.calib.as_ref().map(|c| c.info.clone()),
+            scores_file: scores.map(|s| s.0.clone()),
+            scores_protocol: scores.map(|s| s.1.meta.clone()),
+            target: file.map_or(self.target.name().to_string(), |m| m.target.clone()),
+            aggregation: file.map_or(self.aggregation, |m| m.aggregation),
+            eval: self.eval_info(windows),
+        }
+    }
+
+    /// The data inputs, for the provenance; a reused relevance file contributes the
+    /// calibration data behind it.
+    pub fn data_refs_with(&self, scores: Option<&RelevanceFile>) -> Vec<DataRef> {
+        let mut v = self.data_refs();
+        if let Some(r) = scores {
+            v.push(DataRef::new(
+                "calibration",
+                &r.meta.data_file,
+                &r.meta.data_sha256,
+            ));
+        }
+        v
     }
 
     /// The data inputs, for the provenance.

@@ -2,16 +2,14 @@
 //! file) per method reused for every ratio; a report and an SVG chart.
 
 use super::compress::engine::{self, CompressJob};
-use super::prepare::{CalibConfig, EvalInfo, PplConfig, Prepared};
-use super::{Artefact, DataRef, LayerFilter, Progress, Provenance};
+use super::prepare::{CalibConfig, PplConfig, Prepared, PruneProtocol};
+use super::{Artefact, LayerFilter, Progress, Provenance};
 use crate::invalid;
 use crate::io::svg;
-use crate::lrp::accum::Aggregation;
-use crate::lrp::file::{RelMeta, RelevanceFile};
+use crate::lrp::file::RelevanceFile;
 use crate::prune::mask::{Pattern, Scope};
 use crate::prune::method::Method;
 use crate::source::Loaded;
-use crate::tasks::calib::CalibInfo;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -53,16 +51,10 @@ pub struct Series {
 pub struct Report {
     #[serde(flatten)]
     pub provenance: Provenance,
-    pub pattern: String,
+    #[serde(flatten)]
+    pub protocol: PruneProtocol,
     /// The grouping asked for (None: each series' own, recorded in the series).
     pub scope: Option<Scope>,
-    pub layers_regex: Option<String>,
-    pub calibration: Option<CalibInfo>,
-    pub scores_file: Option<PathBuf>,
-    pub scores_protocol: Option<RelMeta>,
-    pub target: String,
-    pub aggregation: Aggregation,
-    pub eval: Option<EvalInfo>,
     pub ppl_dense: f64,
     pub series: Vec<Series>,
 }
@@ -115,22 +107,21 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             loaded, cfg, &prep, method, scores, &ratios, progress,
         )?);
     }
-    let mut data = prep.data_refs();
-    if let Some(r) = &relevance {
-        // The calibration data behind the reused relevance.
-        data.push(DataRef::new("calibration", &r.meta.data_file, &r.meta.data_sha256));
-    }
     let report = Report {
-        provenance: Provenance::of("sweep", loaded, data, start),
-        pattern: cfg.pattern.name(),
+        provenance: Provenance::of(
+            "sweep",
+            loaded,
+            prep.data_refs_with(relevance.as_ref()),
+            start,
+        ),
+        protocol: prep.protocol(
+            &cfg.pattern,
+            &cfg.layers,
+            cfg.scores.as_ref().zip(relevance.as_ref()),
+            false,
+            Some(dense.windows),
+        ),
         scope: cfg.scope,
-        layers_regex: cfg.layers.pattern(),
-        calibration: prep.calib.as_ref().map(|c| c.info.clone()),
-        scores_file: cfg.scores.clone(),
-        scores_protocol: relevance.as_ref().map(|r| r.meta.clone()),
-        target: prep.target.name().to_string(),
-        aggregation: prep.aggregation,
-        eval: prep.eval_info(Some(dense.windows)),
         ppl_dense: dense.ppl,
         series,
     };

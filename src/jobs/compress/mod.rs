@@ -2,16 +2,14 @@
 
 pub mod engine;
 
-use super::prepare::{CalibConfig, EvalInfo, PplConfig, Prepared};
-use super::{Artefact, DataRef, LayerFilter, Progress, Provenance, Resume};
-use crate::lrp::accum::Aggregation;
+use super::prepare::{CalibConfig, PplConfig, Prepared, PruneProtocol};
+use super::{Artefact, LayerFilter, Progress, Provenance, Resume};
 use crate::lrp::checkpoint::Checkpoint;
-use crate::lrp::file::{RelMeta, RelevanceFile};
+use crate::lrp::file::RelevanceFile;
 use crate::model::DecoderModel;
 use crate::prune::mask::{Pattern, Scope};
 use crate::prune::method::Method;
 use crate::source::Loaded;
-use crate::tasks::calib::CalibInfo;
 use anyhow::Result;
 use engine::CompressJob;
 use serde::{Deserialize, Serialize};
@@ -64,20 +62,12 @@ pub struct Report {
     pub method: Method,
     pub update: Update,
     pub scope: Scope,
-    /// `unstructured` or `N:M`.
-    pub pattern: String,
+    #[serde(flatten)]
+    pub protocol: PruneProtocol,
     pub ratio_requested: f64,
     pub ratio_achieved_in_pruned_layers: f64,
     pub sparsity_all_linears: f64,
     pub sparsity_per_layer: Vec<LayerSparsity>,
-    pub layers_regex: Option<String>,
-    pub calibration: Option<CalibInfo>,
-    pub scores_file: Option<PathBuf>,
-    /// A reused relevance file's own protocol (data, samples, seq_len, seed, rule, shards).
-    pub scores_protocol: Option<RelMeta>,
-    pub target: String,
-    pub aggregation: Aggregation,
-    pub eval: Option<EvalInfo>,
     pub ppl_before: Option<f64>,
     pub ppl_after: Option<f64>,
     pub seconds_scores: f64,
@@ -146,17 +136,23 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             crate::prune::mask::to_bytes(&model, &res.masks)?,
         ));
     }
-    let mut data = prep.data_refs();
-    if let Some(r) = &relevance {
-        // The calibration data behind the reused relevance.
-        data.push(DataRef::new("calibration", &r.meta.data_file, &r.meta.data_sha256));
-    }
     let report = Report {
-        provenance: Provenance::of("compress", loaded, data, start),
+        provenance: Provenance::of(
+            "compress",
+            loaded,
+            prep.data_refs_with(relevance.as_ref()),
+            start,
+        ),
         method,
         update: cfg.update,
         scope,
-        pattern: cfg.pattern.name(),
+        protocol: prep.protocol(
+            &cfg.pattern,
+            &cfg.layers,
+            cfg.scores.as_ref().zip(relevance.as_ref()),
+            true,
+            before.as_ref().map(|b| b.windows),
+        ),
         ratio_requested: cfg.ratio,
         ratio_achieved_in_pruned_layers: removed_share(&res.masks),
         sparsity_all_linears: overall,
@@ -164,17 +160,6 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             .into_iter()
             .map(|(layer, sparsity)| LayerSparsity { layer, sparsity })
             .collect(),
-        layers_regex: cfg.layers.pattern(),
-        calibration: prep.calib.as_ref().map(|c| c.info.clone()),
-        scores_file: cfg.scores.clone(),
-        scores_protocol: relevance.as_ref().map(|r| r.meta.clone()),
-        target: relevance
-            .as_ref()
-            .map_or(job.target.name().to_string(), |r| r.meta.target.clone()),
-        aggregation: relevance
-            .as_ref()
-            .map_or(job.aggregation, |r| r.meta.aggregation),
-        eval: prep.eval_info(before.as_ref().map(|b| b.windows)),
         ppl_before: before.as_ref().map(|b| b.ppl),
         ppl_after: after.as_ref().map(|b| b.ppl),
         seconds_scores: res.seconds_scores,
