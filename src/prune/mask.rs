@@ -107,10 +107,7 @@ pub fn layer_mask(
     match pattern {
         Pattern::NM { n, m } => {
             if cols % m != 0 {
-                fail!(
-                    Usage,
-                    "--pattern {n}:{m} does not divide the input dimension {cols}"
-                );
+                invalid!(Pattern, "{n}:{m} does not divide the input dimension {cols}");
             }
             mask.par_chunks_mut(m)
                 .zip(scores.par_chunks(m))

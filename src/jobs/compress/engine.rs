@@ -217,11 +217,11 @@ pub fn scores_of(
                     "grad"
                 };
                 if file.meta.rule != expected {
-                    fail!(
-                        Usage,
-                        "{label} holds '{}' relevance but --method {} needs '{expected}'",
-                        file.meta.rule,
-                        job.method.name()
+                    invalid!(
+                        Method,
+                        "{}: {label} holds '{}' relevance but this method needs '{expected}'",
+                        job.method.name(),
+                        file.meta.rule
                     );
                 }
                 scores::from_relevance(file, model, job.config_sha256, label)?
