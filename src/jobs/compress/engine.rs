@@ -8,7 +8,7 @@ use crate::model::DecoderModel;
 use crate::prune::mask::{self, Pattern, Scope};
 use crate::prune::method::Method;
 use crate::prune::{apply_mask, scores};
-use crate::{fail, invalid};
+use crate::invalid;
 use anyhow::Result;
 use std::collections::HashMap;
 
