@@ -32,7 +32,7 @@ pub fn read_utf8(path: &Path, what: &str) -> Result<(String, String)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("{what} {}: cannot read", path.display()))
         .tag(Kind::Input)?;
-    let sha = crate::source::sha256_hex(&bytes);
+    let sha = crate::util::sha256_hex(&bytes);
     match String::from_utf8(bytes) {
         Ok(s) => Ok((s, sha)),
         Err(e) => {
@@ -121,7 +121,7 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
 pub fn builtin_eval_text() -> TextSource {
     let text = crate::source::builtin::EVAL_TEXT.to_string();
     TextSource {
-        sha256: crate::source::sha256_hex(text.as_bytes()),
+        sha256: crate::util::sha256_hex(text.as_bytes()),
         text,
         label: crate::source::builtin::EVAL_TEXT_LABEL.into(),
         format: "text",

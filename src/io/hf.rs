@@ -93,7 +93,7 @@ pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf
     if !parent.is_dir() {
         fail!(Output, "directory {} does not exist", parent.display());
     }
-    super::probe_writable(&parent)
+    crate::util::fs::probe_writable(&parent)
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -141,7 +141,7 @@ fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<(safetensors::Dtype, Vec<u8>
     })
 }
 
-use super::write_in as write_file;
+use crate::util::fs::write_in as write_file;
 
 /// Write `model` (the loaded model after pruning) to `out`. `files` are extra outputs
 /// (report, mask) written into the same directory.
@@ -153,7 +153,7 @@ pub fn write_model(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    super::atomic_dir(out, force, |tmp| {
+    crate::util::fs::atomic_dir(out, force, |tmp| {
         write_contents(loaded, model, tmp, dtype, files)
     })
 }

@@ -106,7 +106,7 @@ impl Checkpoint {
         let mut md = HashMap::new();
         md.insert(KEY.to_string(), serde_json::to_string(&meta)?);
         let bytes = safetensors::serialize(views, Some(md))?;
-        crate::io::atomic_write_on_exit(&self.path, &bytes)
+        crate::util::fs::atomic_write_on_exit(&self.path, &bytes)
     }
 
     /// Restore a saved state into `acc`; None when there is no checkpoint file.
@@ -227,7 +227,7 @@ pub fn run_samples_resumable(
                 starts.push(s);
             }
             Err(e) => {
-                if let (Some(c), true) = (ckpt, crate::io::interrupt::interrupted()) {
+                if let (Some(c), true) = (ckpt, crate::util::interrupt::interrupted()) {
                     if !starts.is_empty() {
                         c.save(acc, &token_rel, &starts)?;
                         fail!(

@@ -171,7 +171,7 @@ impl RelevanceFile {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::io::atomic_write(path, &self.to_bytes()?)
+        crate::util::fs::atomic_write(path, &self.to_bytes()?)
     }
 
     pub fn read(path: &Path) -> Result<Self> {

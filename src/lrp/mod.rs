@@ -535,7 +535,7 @@ pub fn run_one(
     mode: MemoryMode,
     acc: &mut accum::Accumulators,
 ) -> Result<(Vec<f32>, f64)> {
-    crate::io::interrupt::check()?;
+    crate::util::interrupt::check()?;
     let ids = Tensor::from_slice(sample, (1, sample.len()), &model.device)?;
     let mut bwd = Bwd {
         rule,

@@ -11,7 +11,6 @@ use crate::fail;
 use crate::model::{self, DecoderModel};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use weights::WeightStore;
 
@@ -103,11 +102,8 @@ pub struct Loaded {
     pub tokenizer_path: Option<PathBuf>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(bytes);
-    format!("{:x}", h.finalize())
-}
+// compat: remove once callers move (the hash lives in `crate::util` now).
+pub use crate::util::sha256_hex;
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let meta = std::fs::metadata(path)

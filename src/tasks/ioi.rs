@@ -3,9 +3,9 @@
 //! token for the loaded tokenizer are dropped; generation is seeded and prompts are unique, so
 //! attribution and held-out prompts never share a prompt.
 
-use super::calib::Rng;
 use super::task::{encode_prompt, single_token, TaskInfo, TaskPrompt, TaskSet};
 use crate::fail;
+use crate::util::Rng;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
@@ -86,7 +86,7 @@ pub fn generate(
         None => (
             BUILTIN.to_string(),
             "built-in configs/ioi.toml".to_string(),
-            crate::source::sha256_hex(BUILTIN.as_bytes()),
+            crate::util::sha256_hex(BUILTIN.as_bytes()),
         ),
     };
     let cfg = IoiConfig::parse(&text, &label)?;
