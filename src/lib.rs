@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod lrp;
 pub mod model;
 pub mod prune;
+pub mod relevance;
 pub mod source;
 pub mod tasks;
 pub mod util;

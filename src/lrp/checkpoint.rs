@@ -4,10 +4,11 @@
 //! its result equals an uninterrupted run's exactly. A checkpoint records a fingerprint of
 //! the run's protocol and refuses to resume a different run.
 
-use super::accum::{Accumulators, LinearAcc};
-use super::{rules::Rule, run_one, MemoryMode, Target};
+use super::{run_one, MemoryMode, Target};
 use crate::fail;
 use crate::model::DecoderModel;
+use crate::relevance::accum::{Accumulators, LinearAcc};
+use crate::relevance::rules::Rule;
 use anyhow::Result;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;

@@ -9,7 +9,7 @@ pub mod llama;
 pub mod opt;
 
 use crate::fail;
-use crate::lrp::rules::Bwd;
+use crate::relevance::rules::Bwd;
 use crate::source::weights::WeightStore;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
