@@ -6,7 +6,7 @@ use super::cfg;
 use super::layers::{Activation, Attention, Embeddings, Linear, Mlp, Norm};
 use super::{Architecture, Block, DecoderModel, Dims, NormPlacement};
 use crate::fail;
-use crate::source::weights::WeightStore;
+use crate::model::weights::WeightStore;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde_json::Value;

@@ -2,7 +2,8 @@
 //! README runs offline on a fresh machine. `demo-llama` is a 1 M-parameter Llama trained for this
 //! project on the demo corpus (C4 excerpt and public-domain books); see assets/README.md.
 
-use super::weights::{self, WeightStore};
+use super::weights;
+use crate::model::weights::WeightStore;
 use anyhow::Result;
 use std::path::Path;
 

@@ -8,11 +8,11 @@ pub mod weights;
 
 use crate::error::{Kind, Tag};
 use crate::fail;
+use crate::model::weights::WeightStore;
 use crate::model::{self, DecoderModel};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
-use weights::WeightStore;
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone)]
