@@ -86,7 +86,7 @@ pub fn check_out(
                 if ic.starts_with(oc) {
                     fail!(
                         Usage,
-                        "--out {} holds the input {}; replacing it would delete the input",
+                        "output directory {} holds the input {}; replacing it would delete the input",
                         out.display(),
                         i.display()
                     );

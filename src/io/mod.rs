@@ -25,7 +25,7 @@ pub fn check_output(out: &Path, force: bool, inputs: &[PathBuf]) -> Result<()> {
             if &a == b {
                 fail!(
                     Usage,
-                    "--out {} is one of the inputs ({}); refusing to overwrite it",
+                    "output {} is one of the inputs ({}); refusing to overwrite it",
                     out.display(),
                     i.display()
                 );

@@ -133,7 +133,7 @@ impl Checkpoint {
         if meta.fingerprint != self.fingerprint {
             fail!(
                 Input,
-                "checkpoint {label} belongs to a different run (model, data or flags differ); delete it or drop --resume"
+                "checkpoint {label} belongs to a different run (model, data or settings differ); delete it or start the run afresh"
             );
         }
         let st = match safetensors::SafeTensors::deserialize(&bytes) {

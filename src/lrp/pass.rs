@@ -277,7 +277,7 @@ fn last_tokens(model: &DecoderModel, token: Option<u32>, head: &Head) -> Result<
         if tok as usize >= model.dims.vocab {
             fail!(
                 Usage,
-                "--token {tok} is outside the vocabulary (size {})",
+                "token id {tok} is outside the vocabulary (size {})",
                 model.dims.vocab
             );
         }

@@ -161,7 +161,7 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
         if m != format!("builtin:{}", builtin::DEMO_NAME) {
             fail!(
                 Usage,
-                "--model {m}: the only built-in model is builtin:{}",
+                "unknown built-in model {m}: the only built-in model is builtin:{}",
                 builtin::DEMO_NAME
             );
         }
@@ -185,13 +185,13 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
             if !t.exists() {
                 fail!(
                     Input,
-                    "tokenizer {} not found (put a tokenizer.json beside the model or pass --tokenizer FILE)",
+                    "tokenizer {} not found (put a tokenizer.json beside the model or name a tokenizer file)",
                     t.display()
                 );
             }
             load_tokenizer(t)?
         }
-        None => fail!(Input, "no tokenizer: pass --tokenizer FILE"),
+        None => fail!(Input, "no tokenizer: name a tokenizer file"),
     };
     finish(origin, config, model, tok, store, tok_path)
 }
@@ -205,7 +205,7 @@ fn resolve(m: &str, req: &ModelRequest, store: &mut WeightStore) -> Result<Resol
     let p = Path::new(m);
     if p.exists() || p.symlink_metadata().is_ok() {
         let meta = std::fs::metadata(p)
-            .with_context(|| format!("--model {m}: cannot access"))
+            .with_context(|| format!("cannot access model {m}"))
             .tag(Kind::Input)?;
         if meta.is_dir() {
             from_dir(p, req, store)
@@ -214,7 +214,7 @@ fn resolve(m: &str, req: &ModelRequest, store: &mut WeightStore) -> Result<Resol
         } else {
             fail!(
                 Input,
-                "--model {m}: a file that is not GGUF; give a model directory (config.json + safetensors), a .gguf file or a hub id"
+                "model {m} is a file that is not GGUF; give a model directory (config.json + safetensors), a .gguf file or a hub id"
             );
         }
     } else if let Some(id) = hub::HubId::parse(m) {
@@ -222,7 +222,7 @@ fn resolve(m: &str, req: &ModelRequest, store: &mut WeightStore) -> Result<Resol
     } else {
         fail!(
             Input,
-            "--model {m}: no such file or directory, and not a hub id (org/name[@revision])"
+            "model {m}: no such file or directory, and not a hub id (org/name[@revision])"
         );
     }
 }

@@ -64,7 +64,7 @@ pub fn spans(
         let (Some(p), Some(c)) = (field(r, "prompt"), field(r, "continuation")) else {
             fail!(
                 Input,
-                "{label}: line {line} needs \"prompt\" and \"continuation\" text for --target span"
+                "{label}: line {line} needs \"prompt\" and \"continuation\" text for the continuation-span target"
             );
         };
         let pe = tok.encode_fast(p.as_str(), true).map_err(|e| {
@@ -77,7 +77,7 @@ pub fn spans(
         if plen == 0 || ids.len() <= plen {
             fail!(
                 Input,
-                "{label}: line {line}: empty prompt or continuation (within --seq-len {seq_len})"
+                "{label}: line {line}: empty prompt or continuation (within the sequence length {seq_len})"
             );
         }
         samples.push(ids);
@@ -89,7 +89,7 @@ pub fn spans(
     if samples.len() < n {
         fail!(
             Input,
-            "{label} holds {} records, fewer than --samples {n}",
+            "{label} holds {} records, fewer than the {n} samples asked for",
             samples.len()
         );
     }

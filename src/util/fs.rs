@@ -79,7 +79,7 @@ pub fn atomic_dir(out: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()
     if out.exists() && !force {
         fail!(
             Output,
-            "{} already exists (use --force to replace it)",
+            "{} already exists; refusing to replace it",
             out.display()
         );
     }
