@@ -117,13 +117,18 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
     })
 }
 
+/// Held-out demo text (`valid.txt` of the demo corpus, embedded in the binary): the default
+/// evaluation text.
+pub const EVAL_TEXT: &str = include_str!("../../assets/demo-text/valid.txt");
+pub const EVAL_TEXT_LABEL: &str = "builtin:demo-valid";
+
 /// The built-in evaluation text.
 pub fn builtin_eval_text() -> TextSource {
-    let text = crate::source::builtin::EVAL_TEXT.to_string();
+    let text = EVAL_TEXT.to_string();
     TextSource {
         sha256: crate::util::sha256_hex(text.as_bytes()),
         text,
-        label: crate::source::builtin::EVAL_TEXT_LABEL.into(),
+        label: EVAL_TEXT_LABEL.into(),
         format: "text",
         records: 1,
     }
