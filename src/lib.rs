@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod lrp;
 pub mod model;
 pub mod prune;
+pub mod relevance;
 pub mod source;
 pub mod tasks;
 pub mod util;

@@ -32,7 +32,7 @@ pub fn read_utf8(path: &Path, what: &str) -> Result<(String, String)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("{what} {}: cannot read", path.display()))
         .tag(Kind::Input)?;
-    let sha = crate::source::sha256_hex(&bytes);
+    let sha = crate::util::sha256_hex(&bytes);
     match String::from_utf8(bytes) {
         Ok(s) => Ok((s, sha)),
         Err(e) => {
@@ -117,13 +117,18 @@ pub fn read_text(path: &Path) -> Result<TextSource> {
     })
 }
 
+/// Held-out demo text (`valid.txt` of the demo corpus, embedded in the binary): the default
+/// evaluation text.
+pub const EVAL_TEXT: &str = include_str!("../../assets/demo-text/valid.txt");
+pub const EVAL_TEXT_LABEL: &str = "builtin:demo-valid";
+
 /// The built-in evaluation text.
 pub fn builtin_eval_text() -> TextSource {
-    let text = crate::source::builtin::EVAL_TEXT.to_string();
+    let text = EVAL_TEXT.to_string();
     TextSource {
-        sha256: crate::source::sha256_hex(text.as_bytes()),
+        sha256: crate::util::sha256_hex(text.as_bytes()),
         text,
-        label: crate::source::builtin::EVAL_TEXT_LABEL.into(),
+        label: EVAL_TEXT_LABEL.into(),
         format: "text",
         records: 1,
     }

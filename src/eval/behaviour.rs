@@ -59,7 +59,7 @@ impl Lexicon {
         Self::parse(
             BUILTIN_LEXICON,
             "built-in configs/lexicon-en.txt",
-            crate::source::sha256_hex(BUILTIN_LEXICON.as_bytes()),
+            crate::util::sha256_hex(BUILTIN_LEXICON.as_bytes()),
         )
         .expect("the built-in lexicon parses")
     }
@@ -202,7 +202,7 @@ pub fn continuation_logprobs(
     order.sort_by_key(|&i| seqs[i].0.len());
     let mut out = vec![(0.0, 0); seqs.len()];
     for chunk in order.chunks(32) {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let t = chunk.iter().map(|&i| seqs[i].0.len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(chunk.len() * t);
         let mut rows = Vec::new();

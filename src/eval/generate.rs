@@ -4,7 +4,7 @@
 //! batch size or thread count.
 
 use crate::model::DecoderModel;
-use crate::tasks::calib::Rng;
+use crate::util::Rng;
 use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ pub fn generate(
                 .collect();
             let mut seqs: Vec<Vec<u32>> = vec![Vec::with_capacity(cfg.new_tokens); chunk.len() * k];
             for step in 0..cfg.new_tokens {
-                crate::io::interrupt::check()?;
+                crate::util::interrupt::check()?;
                 let rows = logits.to_vec2::<f32>()?;
                 let next: Vec<u32> = rows
                     .iter()

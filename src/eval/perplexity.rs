@@ -74,7 +74,7 @@ pub fn perplexity(
     let mut per_window = Vec::with_capacity(n);
     let mut w = 0;
     while w < n {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let nb = batch.min(n - w);
         let chunk = &ids[w * seq_len..(w + nb) * seq_len];
         let input = Tensor::from_slice(chunk, (nb, seq_len), &model.device)?;

@@ -32,7 +32,7 @@ pub fn logit_diffs(model: &DecoderModel, prompts: &[TaskPrompt]) -> Result<Vec<f
     order.sort_by_key(|&i| prompts[i].ids.len());
     let mut out = vec![0.0; prompts.len()];
     for chunk in order.chunks(64) {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let t = chunk
             .iter()
             .map(|&i| prompts[i].ids.len())

@@ -1,9 +1,14 @@
 //! Writing a (pruned) model back in Hugging Face layout: `config.json`, tokenizer files,
 //! safetensors weights in the input's dtype (or an override), sharded like the input, plus a
-//! report. The directory is built under a temporary name beside `--out`, every file fsynced,
-//! then renamed into place; an existing `--out` is only replaced with `force`.
+//! report. The directory is built under a temporary name beside the output, every file fsynced,
+//! then renamed into place; an existing output is only replaced with `force`.
+//!
+//! The writer takes what it writes ([`Contents`]: the config, the tensors, the model whose
+//! linear weights replace them, the tokenizer files); `check_out_dir`, `write_model` and
+//! `write_contents` are compat wrappers taking a whole `source::Loaded`.
 
 use crate::fail;
+use crate::model::weights::WeightStore;
 use crate::model::DecoderModel;
 use crate::source::{Loaded, Origin};
 use anyhow::{Context, Result};
@@ -34,9 +39,21 @@ fn canonical(p: &Path) -> Option<PathBuf> {
 
 /// Refuse an output directory that exists (without force), is the model's own directory, sits
 /// inside it, or would (when replaced) delete one of the inputs.
+// compat: remove once callers move (to `check_out`).
 pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf]) -> Result<()> {
+    check_out(out, force, loaded.origin.dir(), inputs)
+}
+
+/// Refuse an output directory that exists (without force), is the model's own directory
+/// `model_dir`, sits inside it, or would (when replaced) delete one of the inputs.
+pub fn check_out(
+    out: &Path,
+    force: bool,
+    model_dir: Option<&Path>,
+    inputs: &[PathBuf],
+) -> Result<()> {
     let out_c = canonical(out);
-    if let (Some(dir), Some(oc)) = (loaded.origin.dir(), out_c.as_ref()) {
+    if let (Some(dir), Some(oc)) = (model_dir, out_c.as_ref()) {
         if let Ok(d) = dir.canonicalize() {
             if &d == oc {
                 fail!(
@@ -69,7 +86,7 @@ pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf
                 if ic.starts_with(oc) {
                     fail!(
                         Usage,
-                        "--out {} holds the input {}; replacing it would delete the input",
+                        "output directory {} holds the input {}; replacing it would delete the input",
                         out.display(),
                         i.display()
                     );
@@ -93,7 +110,7 @@ pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf
     if !parent.is_dir() {
         fail!(Output, "directory {} does not exist", parent.display());
     }
-    super::probe_writable(&parent)
+    crate::util::fs::probe_writable(&parent)
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -141,10 +158,60 @@ fn tensor_bytes(t: &Tensor, dtype: DType) -> Result<(safetensors::Dtype, Vec<u8>
     })
 }
 
-use super::write_in as write_file;
+use crate::util::fs::write_in as write_file;
+
+/// What a model directory is written from.
+pub struct Contents<'a> {
+    /// The HF config (`torch_dtype` is set to the written dtype, `architectures` added when
+    /// missing).
+    pub config: &'a serde_json::Value,
+    /// Every checkpoint tensor in checkpoint order, with its on-disk dtype and shard file.
+    pub store: &'a WeightStore,
+    /// The model whose linear weights replace the store's (the pruned model).
+    pub model: &'a DecoderModel,
+    /// Shard the output like the input (when the store knows the input's shards).
+    pub sharded: bool,
+    pub tokenizer: TokenizerFiles<'a>,
+}
+
+/// Where the tokenizer files (and other files that make the directory loadable) come from.
+pub enum TokenizerFiles<'a> {
+    /// Written as given (the built-in model's files).
+    Embedded(Vec<(&'a str, &'a [u8])>),
+    /// The files among [`EXTRA`] present in the model's directory `dir`, then `tokenizer` (the
+    /// tokenizer.json that was loaded) as tokenizer.json when the directory had none.
+    Copied {
+        dir: Option<&'a Path>,
+        tokenizer: Option<&'a Path>,
+    },
+}
+
+/// What to write for a loaded model after pruning (`model`).
+// compat: remove once callers move (they build `Contents` from what they hold).
+pub fn contents_of<'a>(loaded: &'a Loaded, model: &'a DecoderModel) -> Contents<'a> {
+    let tokenizer = match &loaded.origin {
+        Origin::Builtin { .. } => {
+            let mut files = vec![("tokenizer.json", crate::source::builtin::tokenizer_json())];
+            files.extend(crate::source::builtin::EXTRA_FILES.iter().copied());
+            TokenizerFiles::Embedded(files)
+        }
+        o => TokenizerFiles::Copied {
+            dir: o.dir(),
+            tokenizer: loaded.tokenizer_path.as_deref(),
+        },
+    };
+    Contents {
+        config: &loaded.config,
+        store: &loaded.store,
+        model,
+        sharded: loaded.origin.sharded(),
+        tokenizer,
+    }
+}
 
 /// Write `model` (the loaded model after pruning) to `out`. `files` are extra outputs
 /// (report, mask) written into the same directory.
+// compat: remove once callers move (to `write`).
 pub fn write_model(
     loaded: &Loaded,
     model: &DecoderModel,
@@ -153,12 +220,11 @@ pub fn write_model(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    super::atomic_dir(out, force, |tmp| {
-        write_contents(loaded, model, tmp, dtype, files)
-    })
+    write(&contents_of(loaded, model), out, force, dtype, files)
 }
 
 /// Write the model's files into an existing directory (inside an atomic output directory).
+// compat: remove once callers move (to `write_into`).
 pub fn write_contents(
     loaded: &Loaded,
     model: &DecoderModel,
@@ -166,13 +232,55 @@ pub fn write_contents(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    let replaced: HashMap<String, &Tensor> = model
+    write_into(&contents_of(loaded, model), dir, dtype, files)
+}
+
+/// Write a model directory `out` atomically (replacing an existing one only with `force`):
+/// the weights in `dtype` (default: each tensor's on-disk dtype), the config, the tokenizer
+/// files and `files` (report, mask).
+pub fn write(
+    c: &Contents,
+    out: &Path,
+    force: bool,
+    dtype: Option<DType>,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
+    crate::util::fs::atomic_dir(out, force, |tmp| write_into(c, tmp, dtype, files))
+}
+
+/// Write a model's files into an existing directory (inside an atomic output directory).
+pub fn write_into(
+    c: &Contents,
+    dir: &Path,
+    dtype: Option<DType>,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let (tensors, out_dtype) = raw_tensors(c, dtype)?;
+    if c.sharded && !c.store.shard_of.is_empty() {
+        write_shards(dir, c.store, &tensors)?;
+    } else {
+        let all: Vec<_> = tensors.iter().collect();
+        write_file(dir, "model.safetensors", &serialize(&all)?)?;
+    }
+    write_config(dir, c, out_dtype)?;
+    write_tokenizer(dir, &c.tokenizer)?;
+    for (n, b) in files {
+        write_file(dir, n, b)?;
+    }
+    Ok(())
+}
+
+/// Every tensor of the store (the model's linear weights in place of the store's) in
+/// checkpoint order, in `dtype` (default: its on-disk dtype; i64 stays i64), and the dtype
+/// the written floats ended in.
+fn raw_tensors(c: &Contents, dtype: Option<DType>) -> Result<(Vec<Raw>, DType)> {
+    let replaced: HashMap<String, &Tensor> = c
+        .model
         .linears()
         .into_iter()
         .map(|l| (format!("{}.weight", l.name), &l.weight))
         .collect();
-    let store = &loaded.store;
-    // name → (dtype, shape, bytes), in checkpoint order.
+    let store = c.store;
     let mut tensors: Vec<Raw> = Vec::new();
     let mut out_dtype = DType::F32;
     for n in store.names() {
@@ -189,50 +297,57 @@ pub fn write_contents(
         let (sd, bytes) = tensor_bytes(t, dt)?;
         tensors.push((n.clone(), sd, t.dims().to_vec(), bytes));
     }
-    let serialize = |subset: &[&Raw]| -> Result<Vec<u8>> {
-        let views = subset
-            .iter()
-            .map(|(n, d, s, b)| {
-                Ok((
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut md = HashMap::new();
-        md.insert("format".to_string(), "pt".to_string());
-        Ok(safetensors::serialize(views, Some(md))?)
-    };
-    if loaded.origin.sharded() && !store.shard_of.is_empty() {
-        let mut by_file: BTreeMap<String, Vec<&Raw>> = BTreeMap::new();
-        for t in &tensors {
-            let f = store
-                .shard_of
-                .get(&t.0)
-                .cloned()
-                .unwrap_or_else(|| "model-extra.safetensors".into());
-            by_file.entry(f).or_default().push(t);
-        }
-        let total: usize = tensors.iter().map(|t| t.3.len()).sum();
-        let mut weight_map = serde_json::Map::new();
-        for (f, list) in &by_file {
-            write_file(dir, f, &serialize(list)?)?;
-            for t in list {
-                weight_map.insert(t.0.clone(), serde_json::Value::String(f.clone()));
-            }
-        }
-        let index =
-            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_file(
-            dir,
-            "model.safetensors.index.json",
-            serde_json::to_string_pretty(&index)?.as_bytes(),
-        )?;
-    } else {
-        let all: Vec<_> = tensors.iter().collect();
-        write_file(dir, "model.safetensors", &serialize(&all)?)?;
+    Ok((tensors, out_dtype))
+}
+
+/// One safetensors file holding `subset`.
+fn serialize(subset: &[&Raw]) -> Result<Vec<u8>> {
+    let views = subset
+        .iter()
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut md = HashMap::new();
+    md.insert("format".to_string(), "pt".to_string());
+    Ok(safetensors::serialize(views, Some(md))?)
+}
+
+/// The tensors in the input's shard files (tensors the input did not have go to
+/// `model-extra.safetensors`), and the index.
+fn write_shards(dir: &Path, store: &WeightStore, tensors: &[Raw]) -> Result<()> {
+    let mut by_file: BTreeMap<String, Vec<&Raw>> = BTreeMap::new();
+    for t in tensors {
+        let f = store
+            .shard_of
+            .get(&t.0)
+            .cloned()
+            .unwrap_or_else(|| "model-extra.safetensors".into());
+        by_file.entry(f).or_default().push(t);
     }
-    let mut cfg = loaded.config.clone();
+    let total: usize = tensors.iter().map(|t| t.3.len()).sum();
+    let mut weight_map = serde_json::Map::new();
+    for (f, list) in &by_file {
+        write_file(dir, f, &serialize(list)?)?;
+        for t in list {
+            weight_map.insert(t.0.clone(), serde_json::Value::String(f.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    write_file(
+        dir,
+        "model.safetensors.index.json",
+        serde_json::to_string_pretty(&index)?.as_bytes(),
+    )
+}
+
+/// `config.json`: the input's config with the written dtype (and the architecture when the
+/// config did not name it).
+fn write_config(dir: &Path, c: &Contents, out_dtype: DType) -> Result<()> {
+    let mut cfg = c.config.clone();
     if let Some(o) = cfg.as_object_mut() {
         let name = match out_dtype {
             DType::F16 => "float16",
@@ -241,7 +356,7 @@ pub fn write_contents(
         };
         o.insert("torch_dtype".into(), serde_json::Value::String(name.into()));
         if !o.contains_key("architectures") {
-            let arch = match model.dims.arch.as_str() {
+            let arch = match c.model.dims.arch.as_str() {
                 "opt" => "OPTForCausalLM",
                 _ => "LlamaForCausalLM",
             };
@@ -252,20 +367,21 @@ pub fn write_contents(
         dir,
         "config.json",
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
-    )?;
-    match &loaded.origin {
-        Origin::Builtin { .. } => {
-            write_file(
-                dir,
-                "tokenizer.json",
-                crate::source::builtin::tokenizer_json(),
-            )?;
-            for (n, b) in crate::source::builtin::EXTRA_FILES {
+    )
+}
+
+fn write_tokenizer(dir: &Path, files: &TokenizerFiles) -> Result<()> {
+    match files {
+        TokenizerFiles::Embedded(list) => {
+            for (n, b) in list {
                 write_file(dir, n, b)?;
             }
         }
-        o => {
-            if let Some(src) = o.dir() {
+        TokenizerFiles::Copied {
+            dir: src,
+            tokenizer,
+        } => {
+            if let Some(src) = src {
                 for f in EXTRA {
                     let p = src.join(f);
                     if p.is_file() {
@@ -275,16 +391,13 @@ pub fn write_contents(
                     }
                 }
             }
-            if let Some(t) = &loaded.tokenizer_path {
+            if let Some(t) = tokenizer {
                 if !dir.join("tokenizer.json").exists() {
                     let b = std::fs::read(t).with_context(|| format!("reading {}", t.display()))?;
                     write_file(dir, "tokenizer.json", &b)?;
                 }
             }
         }
-    }
-    for (n, b) in files {
-        write_file(dir, n, b)?;
     }
     Ok(())
 }

@@ -62,111 +62,208 @@ fn fmt_tick(v: f64) -> String {
 }
 
 pub fn line_chart(c: &LineChart) -> String {
-    let (w, h) = (720.0, 440.0);
-    let (l, r, t, b) = (70.0, 170.0, 40.0, 55.0);
-    let (pw, ph) = (w - l - r, h - t - b);
-    let all: Vec<(f64, f64)> = c
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .collect();
-    let tx = |x: f64| if c.log_x { x.max(1e-12).log10() } else { x };
-    let (mut x0, mut x1) = all
-        .iter()
-        .map(|p| tx(p.0))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-            (a.min(x), b.max(x))
-        });
-    let ty = |y: f64| if c.log_y { y.max(1e-12).log10() } else { y };
-    let (mut y0, mut y1) = all
-        .iter()
-        .map(|p| ty(p.1))
-        .chain(c.hline.as_ref().map(|h| ty(h.0)))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-            (a.min(y), b.max(y))
-        });
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if c.log_x {
-        x0 = x0.floor();
-        x1 = x1.ceil();
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if c.log_y {
-        y0 = y0.floor();
-        y1 = y1.ceil();
-    } else {
-        y0 = y0.min(0.0);
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    if !c.log_y {
-        y1 += (y1 - y0) * 0.05;
-    }
-    let px = |x: f64| l + (tx(x) - x0) / (x1 - x0) * pw;
-    let py = |y: f64| t + ph - (ty(y) - y0) / (y1 - y0) * ph;
+    let f = Frame::new(c);
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
+    f.header(&mut s, c.title);
+    f.x_grid(&mut s);
+    f.y_grid(&mut s);
+    f.axis_labels(&mut s, c.x_label, c.y_label);
+    if let Some((yv, label)) = &c.hline {
+        f.hline(&mut s, *yv, label);
+    }
+    for (i, se) in c.series.iter().enumerate() {
+        f.series(&mut s, i, se);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A line chart's geometry: the canvas, the plot area's margins and size, and the axis ranges
+/// (in log10 units on a log axis).
+struct Frame {
+    w: f64,
+    h: f64,
+    l: f64,
+    t: f64,
+    pw: f64,
+    ph: f64,
+    log_x: bool,
+    log_y: bool,
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn new(c: &LineChart) -> Self {
+        let (w, h) = (720.0, 440.0);
+        let (l, r, t, b) = (70.0, 170.0, 40.0, 55.0);
+        let (pw, ph) = (w - l - r, h - t - b);
+        let mut f = Frame {
+            w,
+            h,
+            l,
+            t,
+            pw,
+            ph,
+            log_x: c.log_x,
+            log_y: c.log_y,
+            x0: 0.0,
+            x1: 0.0,
+            y0: 0.0,
+            y1: 0.0,
+        };
+        (f.x0, f.x1, f.y0, f.y1) = f.ranges(c);
+        f
+    }
+
+    /// The axis ranges: the data's (and the reference line's), widened to whole decades on a
+    /// log axis, from 0 and with 5% headroom on a linear y axis, never empty.
+    fn ranges(&self, c: &LineChart) -> (f64, f64, f64, f64) {
+        let all: Vec<(f64, f64)> = c
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .collect();
+        let (mut x0, mut x1) = all
+            .iter()
+            .map(|p| self.tx(p.0))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                (a.min(x), b.max(x))
+            });
+        let (mut y0, mut y1) = all
+            .iter()
+            .map(|p| self.ty(p.1))
+            .chain(c.hline.as_ref().map(|h| self.ty(h.0)))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+                (a.min(y), b.max(y))
+            });
+        if !x0.is_finite() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if c.log_x {
+            x0 = x0.floor();
+            x1 = x1.ceil();
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        if c.log_y {
+            y0 = y0.floor();
+            y1 = y1.ceil();
+        } else {
+            y0 = y0.min(0.0);
+        }
+        if y1 <= y0 {
+            y1 = y0 + 1.0;
+        }
+        if !c.log_y {
+            y1 += (y1 - y0) * 0.05;
+        }
+        (x0, x1, y0, y1)
+    }
+
+    fn tx(&self, x: f64) -> f64 {
+        if self.log_x {
+            x.max(1e-12).log10()
+        } else {
+            x
+        }
+    }
+
+    fn ty(&self, y: f64) -> f64 {
+        if self.log_y {
+            y.max(1e-12).log10()
+        } else {
+            y
+        }
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        self.l + (self.tx(x) - self.x0) / (self.x1 - self.x0) * self.pw
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        self.t + self.ph - (self.ty(y) - self.y0) / (self.y1 - self.y0) * self.ph
+    }
+
+    fn header(&self, s: &mut String, title: &str) {
+        let (w, h, l, t, pw, ph) = (self.w, self.h, self.l, self.t, self.pw, self.ph);
+        let _ = write!(
+            s,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
 <rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>
 "##,
-        l + pw / 2.0,
-        esc(c.title)
-    );
-    // Axes and grid.
-    let xticks: Vec<f64> = if c.log_x {
-        (x0 as i32..=x1 as i32).map(|e| 10f64.powi(e)).collect()
-    } else {
-        nice_ticks(x0, x1)
-    };
-    for xv in xticks {
-        let x = px(xv);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            t + ph,
-            t + ph + 16.0,
-            fmt_tick(xv)
+            l + pw / 2.0,
+            esc(title)
         );
     }
-    let yticks: Vec<f64> = if c.log_y {
-        // 1, 2, 5 per decade.
-        (y0 as i32..=y1 as i32)
-            .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
-            .filter(|v| v.log10() <= y1 + 1e-9)
-            .collect()
-    } else {
-        nice_ticks(y0, y1)
-    };
-    for yv in yticks {
-        let y = py(yv);
+
+    /// Vertical grid lines and their labels: decades on a log axis.
+    fn x_grid(&self, s: &mut String) {
+        let (t, ph) = (self.t, self.ph);
+        let xticks: Vec<f64> = if self.log_x {
+            (self.x0 as i32..=self.x1 as i32)
+                .map(|e| 10f64.powi(e))
+                .collect()
+        } else {
+            nice_ticks(self.x0, self.x1)
+        };
+        for xv in xticks {
+            let x = self.px(xv);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                t + ph,
+                t + ph + 16.0,
+                fmt_tick(xv)
+            );
+        }
+    }
+
+    /// Horizontal grid lines and their labels: 1, 2, 5 per decade on a log axis.
+    fn y_grid(&self, s: &mut String) {
+        let (l, pw, y1) = (self.l, self.pw, self.y1);
+        let yticks: Vec<f64> = if self.log_y {
+            (self.y0 as i32..=self.y1 as i32)
+                .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+                .filter(|v| v.log10() <= y1 + 1e-9)
+                .collect()
+        } else {
+            nice_ticks(self.y0, self.y1)
+        };
+        for yv in yticks {
+            let y = self.py(yv);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{l}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                l + pw,
+                l - 6.0,
+                y + 4.0,
+                fmt_tick(yv)
+            );
+        }
+    }
+
+    fn axis_labels(&self, s: &mut String, x_label: &str, y_label: &str) {
         let _ = writeln!(
             s,
-            r##"<line x1="{l}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            l + pw,
-            l - 6.0,
-            y + 4.0,
-            fmt_tick(yv)
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            self.l + self.pw / 2.0,
+            self.h - 14.0,
+            esc(x_label),
+            self.t + self.ph / 2.0,
+            esc(y_label)
         );
     }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        l + pw / 2.0,
-        h - 14.0,
-        esc(c.x_label),
-        t + ph / 2.0,
-        esc(c.y_label)
-    );
-    if let Some((yv, label)) = &c.hline {
-        let y = py(*yv);
+
+    /// The dashed reference line at `yv`, labelled on the right.
+    fn hline(&self, s: &mut String, yv: f64, label: &str) {
+        let (l, pw) = (self.l, self.pw);
+        let y = self.py(yv);
         let _ = writeln!(
             s,
             r##"<line x1="{l}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#555" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="#555">{}</text>"##,
@@ -176,13 +273,16 @@ pub fn line_chart(c: &LineChart) -> String {
             esc(label)
         );
     }
-    for (i, se) in c.series.iter().enumerate() {
+
+    /// Series `i`: its line, points, highlighted point and legend entry.
+    fn series(&self, s: &mut String, i: usize, se: &Series) {
+        let (l, t, pw) = (self.l, self.t, self.pw);
         let col = PALETTE[i % PALETTE.len()];
         let mut pts = se.points.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let path: Vec<String> = pts
             .iter()
-            .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+            .map(|p| format!("{:.1},{:.1}", self.px(p.0), self.py(p.1)))
             .collect();
         let _ = writeln!(
             s,
@@ -193,16 +293,16 @@ pub fn line_chart(c: &LineChart) -> String {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{col}"/>"#,
-                px(p.0),
-                py(p.1)
+                self.px(p.0),
+                self.py(p.1)
             );
         }
         if let Some(m) = se.mark {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="6" fill="none" stroke="{col}" stroke-width="2"/>"#,
-                px(m.0),
-                py(m.1)
+                self.px(m.0),
+                self.py(m.1)
             );
         }
         let ly = t + 14.0 + 20.0 * i as f64;
@@ -216,8 +316,6 @@ pub fn line_chart(c: &LineChart) -> String {
             esc(&se.name)
         );
     }
-    s.push_str("</svg>\n");
-    s
 }
 
 pub struct HeatMap<'a> {

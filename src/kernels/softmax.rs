@@ -167,13 +167,25 @@ mod tests {
             .unwrap()
     }
 
+    /// `[groups·T, T]`: 0 on and below the diagonal, −∞ above, stacked `groups` times (the
+    /// attention layer's mask).
+    fn causal_mask(t: usize, groups: usize) -> Result<Tensor> {
+        let mut m = vec![0f32; groups * t * t];
+        for (r, row) in m.chunks_mut(t).enumerate() {
+            for v in row.iter_mut().skip(r % t + 1) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        Ok(Tensor::from_vec(m, (groups * t, t), &Device::Cpu)?)
+    }
+
     #[test]
     fn matches_masked_softmax_and_its_gradient() -> Result<()> {
         let (g, t) = (3, 7);
         let s = Tensor::randn(0f32, 2.0, (2, 2, g * t, t), &Device::Cpu)?;
-        let ctx = crate::model::layers::AttnCtx::new(t, g, None, &Device::Cpu)?;
-        let fused = causal_softmax(&s, t, 0.37, &ctx.mask)?;
-        let reference = candle_nn::ops::softmax_last_dim(&(&s * 0.37)?.broadcast_add(&ctx.mask)?)?;
+        let mask = causal_mask(t, g)?;
+        let fused = causal_softmax(&s, t, 0.37, &mask)?;
+        let reference = candle_nn::ops::softmax_last_dim(&(&s * 0.37)?.broadcast_add(&mask)?)?;
         assert!(max_diff(&fused, &reference) < 1e-6);
         let gp = Tensor::randn(0f32, 1.0, (2, 2, g * t, t), &Device::Cpu)?;
         let fused_b = causal_softmax_backward(&fused, &gp, t, 0.5)?;

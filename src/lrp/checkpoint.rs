@@ -4,10 +4,11 @@
 //! its result equals an uninterrupted run's exactly. A checkpoint records a fingerprint of
 //! the run's protocol and refuses to resume a different run.
 
-use super::accum::{Accumulators, LinearAcc};
-use super::{rules::Rule, run_one, MemoryMode, Target};
+use super::{run_one, MemoryMode, Target};
 use crate::fail;
 use crate::model::DecoderModel;
+use crate::relevance::accum::{Accumulators, LinearAcc};
+use crate::relevance::rules::Rule;
 use anyhow::Result;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -106,7 +107,7 @@ impl Checkpoint {
         let mut md = HashMap::new();
         md.insert(KEY.to_string(), serde_json::to_string(&meta)?);
         let bytes = safetensors::serialize(views, Some(md))?;
-        crate::io::atomic_write_on_exit(&self.path, &bytes)
+        crate::util::fs::atomic_write_on_exit(&self.path, &bytes)
     }
 
     /// Restore a saved state into `acc`; None when there is no checkpoint file.
@@ -132,7 +133,7 @@ impl Checkpoint {
         if meta.fingerprint != self.fingerprint {
             fail!(
                 Input,
-                "checkpoint {label} belongs to a different run (model, data or flags differ); delete it or drop --resume"
+                "checkpoint {label} belongs to a different run (model, data or settings differ); delete it or start the run afresh"
             );
         }
         let st = match safetensors::SafeTensors::deserialize(&bytes) {
@@ -227,7 +228,7 @@ pub fn run_samples_resumable(
                 starts.push(s);
             }
             Err(e) => {
-                if let (Some(c), true) = (ckpt, crate::io::interrupt::interrupted()) {
+                if let (Some(c), true) = (ckpt, crate::util::interrupt::interrupted()) {
                     if !starts.is_empty() {
                         c.save(acc, &token_rel, &starts)?;
                         fail!(

@@ -3,12 +3,12 @@
 //! `tokens.*` (per-token input relevance), with the full protocol in the metadata. Shards of one
 //! run merge into the file a single run would have written.
 
-use super::accum::{Accumulators, Aggregation};
 use crate::error::{Kind, Tag};
 use crate::fail;
 use crate::model::{layers::Mlp, DecoderModel};
+use crate::relevance::accum::{Accumulators, Aggregation};
 use anyhow::{Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 pub const FORMAT: &str = "sparc3-relevance/1";
@@ -171,7 +171,7 @@ impl RelevanceFile {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::io::atomic_write(path, &self.to_bytes()?)
+        crate::util::fs::atomic_write(path, &self.to_bytes()?)
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -221,108 +221,133 @@ impl RelevanceFile {
             fail!(Usage, "merge needs at least two relevance files");
         }
         files.sort_by_key(|(_, f)| f.meta.shards.first().copied().unwrap_or(0));
-        let (first_name, first) = &files[0];
-        let key = first.meta.run_key();
-        let mut seen = std::collections::BTreeSet::new();
-        for (name, f) in &files {
-            if f.meta.run_key() != key {
-                let (a, b) = (&first.meta, &f.meta);
-                let what = if a.config_sha256 != b.config_sha256 {
-                    "different models"
-                } else if a.target != b.target {
-                    "different targets"
-                } else if a.aggregation != b.aggregation {
-                    "different aggregations"
-                } else if a.rule != b.rule || a.epsilon != b.epsilon {
-                    "different rules"
-                } else {
-                    "different data, seeds, sequence lengths or shard counts"
-                };
-                fail!(
-                    Input,
-                    "{name} and {first_name} do not belong to the same run ({what})"
-                );
-            }
-            for s in &f.meta.shards {
-                if !seen.insert(*s) {
-                    fail!(
-                        Input,
-                        "shard {s} appears twice among the files to merge ({name})"
-                    );
-                }
-            }
-            let weights = |x: &RelevanceFile| -> Vec<String> {
-                x.tensors
-                    .keys()
-                    .filter(|k| !k.starts_with("tokens."))
-                    .cloned()
-                    .collect()
-            };
-            if weights(f) != weights(first) {
-                fail!(Input, "{name} and {first_name} hold different tensors");
-            }
-        }
+        let shards = check_same_run(&files)?;
         let total: usize = files.iter().map(|(_, f)| f.meta.samples).sum();
-        let mut out: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-        for (name, (shape, _)) in &first.tensors {
-            if name.starts_with("tokens.") {
-                continue;
-            }
-            let mut acc = vec![0f64; shape.iter().product()];
-            for (_, f) in &files {
-                let w = f.meta.samples as f64 / total as f64;
-                for (a, v) in acc.iter_mut().zip(&f.tensors[name].1) {
-                    *a += w * *v as f64;
-                }
-            }
-            out.insert(
-                name.clone(),
-                (shape.clone(), acc.into_iter().map(|x| x as f32).collect()),
-            );
-        }
-        let has_tokens = |f: &RelevanceFile| {
-            ["tokens.ids", "tokens.relevance", "tokens.index"]
-                .iter()
-                .all(|k| f.tensors.contains_key(*k))
-        };
-        if files.iter().all(|(_, f)| has_tokens(f)) {
-            let t = first.tensors["tokens.ids"].0[1];
-            if files.iter().all(|(_, f)| f.tensors["tokens.ids"].0[1] == t) {
-                // Rows of every file, put back in the run's sample order.
-                let mut rows: Vec<(f32, &[f32], &[f32])> = Vec::new();
-                for (_, f) in &files {
-                    let idx = &f.tensors["tokens.index"].1;
-                    let ids = &f.tensors["tokens.ids"].1;
-                    let rel = &f.tensors["tokens.relevance"].1;
-                    for (r, &ix) in idx.iter().enumerate() {
-                        rows.push((ix, &ids[r * t..(r + 1) * t], &rel[r * t..(r + 1) * t]));
-                    }
-                }
-                rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let n = rows.len();
-                out.insert(
-                    "tokens.index".into(),
-                    (vec![n], rows.iter().map(|r| r.0).collect()),
-                );
-                out.insert(
-                    "tokens.ids".into(),
-                    (
-                        vec![n, t],
-                        rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
-                    ),
-                );
-                out.insert(
-                    "tokens.relevance".into(),
-                    (
-                        vec![n, t],
-                        rows.iter().flat_map(|r| r.2.iter().copied()).collect(),
-                    ),
-                );
-            }
-        }
-        let mut meta = first.meta.clone();
+        let mut out = weighted_means(&files, total);
+        merge_token_tables(&files, &mut out);
+        let mut meta = files[0].1.meta.clone();
         meta.samples = total;
-        meta.shards = seen.into_iter().collect();
+        meta.shards = shards.into_iter().collect();
         Ok(RelevanceFile { meta, tensors: out })
     }
+}
+
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Refuse files (sorted by shard) that are not shards of one run, repeat a shard or hold
+/// different tensors; returns the shards they cover.
+fn check_same_run(files: &[(String, RelevanceFile)]) -> Result<BTreeSet<usize>> {
+    let (first_name, first) = &files[0];
+    let key = first.meta.run_key();
+    let mut seen = BTreeSet::new();
+    for (name, f) in files {
+        if f.meta.run_key() != key {
+            let (a, b) = (&first.meta, &f.meta);
+            let what = if a.config_sha256 != b.config_sha256 {
+                "different models"
+            } else if a.target != b.target {
+                "different targets"
+            } else if a.aggregation != b.aggregation {
+                "different aggregations"
+            } else if a.rule != b.rule || a.epsilon != b.epsilon {
+                "different rules"
+            } else {
+                "different data, seeds, sequence lengths or shard counts"
+            };
+            fail!(
+                Input,
+                "{name} and {first_name} do not belong to the same run ({what})"
+            );
+        }
+        for s in &f.meta.shards {
+            if !seen.insert(*s) {
+                fail!(
+                    Input,
+                    "shard {s} appears twice among the files to merge ({name})"
+                );
+            }
+        }
+        let weights = |x: &RelevanceFile| -> Vec<String> {
+            x.tensors
+                .keys()
+                .filter(|k| !k.starts_with("tokens."))
+                .cloned()
+                .collect()
+        };
+        if weights(f) != weights(first) {
+            fail!(Input, "{name} and {first_name} hold different tensors");
+        }
+    }
+    Ok(seen)
+}
+
+/// Every tensor but the token tables: the mean over the files weighted by their sample counts
+/// (`total` in all).
+fn weighted_means(files: &[(String, RelevanceFile)], total: usize) -> Tensors {
+    let first = &files[0].1;
+    let mut out = Tensors::new();
+    for (name, (shape, _)) in &first.tensors {
+        if name.starts_with("tokens.") {
+            continue;
+        }
+        let mut acc = vec![0f64; shape.iter().product()];
+        for (_, f) in files {
+            let w = f.meta.samples as f64 / total as f64;
+            for (a, v) in acc.iter_mut().zip(&f.tensors[name].1) {
+                *a += w * *v as f64;
+            }
+        }
+        out.insert(
+            name.clone(),
+            (shape.clone(), acc.into_iter().map(|x| x as f32).collect()),
+        );
+    }
+    out
+}
+
+/// The token tables of every file, put back in the run's sample order (only when every file
+/// has them, with one sequence length).
+fn merge_token_tables(files: &[(String, RelevanceFile)], out: &mut Tensors) {
+    let has_tokens = |f: &RelevanceFile| {
+        ["tokens.ids", "tokens.relevance", "tokens.index"]
+            .iter()
+            .all(|k| f.tensors.contains_key(*k))
+    };
+    if !files.iter().all(|(_, f)| has_tokens(f)) {
+        return;
+    }
+    let t = files[0].1.tensors["tokens.ids"].0[1];
+    if !files.iter().all(|(_, f)| f.tensors["tokens.ids"].0[1] == t) {
+        return;
+    }
+    // Rows of every file, put back in the run's sample order.
+    let mut rows: Vec<(f32, &[f32], &[f32])> = Vec::new();
+    for (_, f) in files {
+        let idx = &f.tensors["tokens.index"].1;
+        let ids = &f.tensors["tokens.ids"].1;
+        let rel = &f.tensors["tokens.relevance"].1;
+        for (r, &ix) in idx.iter().enumerate() {
+            rows.push((ix, &ids[r * t..(r + 1) * t], &rel[r * t..(r + 1) * t]));
+        }
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = rows.len();
+    out.insert(
+        "tokens.index".into(),
+        (vec![n], rows.iter().map(|r| r.0).collect()),
+    );
+    out.insert(
+        "tokens.ids".into(),
+        (
+            vec![n, t],
+            rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
+        ),
+    );
+    out.insert(
+        "tokens.relevance".into(),
+        (
+            vec![n, t],
+            rows.iter().flat_map(|r| r.2.iter().copied()).collect(),
+        ),
+    );
 }

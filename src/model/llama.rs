@@ -5,9 +5,9 @@ use super::cfg;
 use super::layers::{Activation, Attention, Embeddings, Linear, Mlp, Norm, Rope};
 use super::{Architecture, Block, DecoderModel, Dims, NormPlacement};
 use crate::fail;
-use crate::source::weights::WeightStore;
+use crate::model::weights::WeightStore;
 use anyhow::Result;
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 pub struct Llama;
@@ -68,6 +68,59 @@ impl Architecture for Llama {
     }
 
     fn build(&self, c: &Value, store: &WeightStore) -> Result<DecoderModel> {
+        let cfg = LlamaConfig::parse(c)?;
+        let p = if store.contains("model.embed_tokens.weight") {
+            "model."
+        } else {
+            ""
+        };
+        let w = Weights { store, cfg: &cfg };
+        let embed_name = format!("{p}embed_tokens.weight");
+        let tokens = store.get(&embed_name, &[cfg.vocab, cfg.hidden])?;
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            blocks.push(w.block(&format!("{p}layers.{i}"))?);
+        }
+        let lm_head = w.lm_head(&tokens)?;
+        Ok(DecoderModel {
+            dims: cfg.dims(),
+            embed: Embeddings {
+                tokens,
+                tokens_name: embed_name,
+                positions: None,
+                positions_name: None,
+                project_in: None,
+            },
+            blocks,
+            final_norm: Some(w.rms(format!("{p}norm"))?),
+            project_out: None,
+            lm_head,
+            tied: cfg.tie,
+            device: store.device.clone(),
+        })
+    }
+}
+
+/// The sizes and options a Llama config sets.
+struct LlamaConfig {
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+    heads: usize,
+    kv: usize,
+    vocab: usize,
+    hd: usize,
+    max_pos: usize,
+    eps: f64,
+    tie: bool,
+    attn_bias: bool,
+    mlp_bias: bool,
+    act: Activation,
+    rope: Rope,
+}
+
+impl LlamaConfig {
+    fn parse(c: &Value) -> Result<Self> {
         let hidden = cfg::size(c, "hidden_size")?;
         let inter = cfg::size(c, "intermediate_size")?;
         let layers = cfg::size(c, "num_hidden_layers")?;
@@ -96,111 +149,135 @@ impl Architecture for Llama {
             crate::error::err(crate::error::Kind::Input, format!("config.json: {e}"))
         })?;
         let rope = rope_inv_freq(c, hd)?;
+        Ok(Self {
+            hidden,
+            inter,
+            layers,
+            heads,
+            kv,
+            vocab,
+            hd,
+            max_pos,
+            eps,
+            tie,
+            attn_bias,
+            mlp_bias,
+            act,
+            rope,
+        })
+    }
 
-        let p = if store.contains("model.embed_tokens.weight") {
-            "model."
-        } else {
-            ""
-        };
-        let f32n = |name: &str, shape: &[usize]| -> Result<candle_core::Tensor> {
-            Ok(store.get(name, shape)?.to_dtype(DType::F32)?)
-        };
-        let linear = |name: String, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let w = store.get(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias {
-                Some(f32n(&format!("{name}.bias"), &[out])?)
-            } else {
-                store
-                    .get_opt(&format!("{name}.bias"), &[out])?
-                    .map(|t| t.to_dtype(DType::F32))
-                    .transpose()?
-            };
-            Ok(Linear::new(name, w, b))
-        };
-        let rms = |name: String| -> Result<Norm> {
-            Ok(Norm::Rms {
-                weight: f32n(&format!("{name}.weight"), &[hidden])?,
-                name,
-                eps,
-            })
-        };
-
-        let embed_name = format!("{p}embed_tokens.weight");
-        let tokens = store.get(&embed_name, &[vocab, hidden])?;
-        let mut blocks = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let l = format!("{p}layers.{i}");
-            let attn = Attention {
-                q: linear(
-                    format!("{l}.self_attn.q_proj"),
-                    heads * hd,
-                    hidden,
-                    attn_bias,
-                )?,
-                k: linear(format!("{l}.self_attn.k_proj"), kv * hd, hidden, attn_bias)?,
-                v: linear(format!("{l}.self_attn.v_proj"), kv * hd, hidden, attn_bias)?,
-                o: linear(
-                    format!("{l}.self_attn.o_proj"),
-                    hidden,
-                    heads * hd,
-                    attn_bias,
-                )?,
-                n_heads: heads,
-                n_kv_heads: kv,
-                head_dim: hd,
-                rope: Some(rope.clone()),
-                scale: 1.0 / (hd as f64).sqrt(),
-            };
-            let mlp = Mlp::Gated {
-                gate: linear(format!("{l}.mlp.gate_proj"), inter, hidden, mlp_bias)?,
-                up: linear(format!("{l}.mlp.up_proj"), inter, hidden, mlp_bias)?,
-                down: linear(format!("{l}.mlp.down_proj"), hidden, inter, mlp_bias)?,
-                act,
-            };
-            blocks.push(Block {
-                attn_norm: rms(format!("{l}.input_layernorm"))?,
-                attn,
-                mlp_norm: rms(format!("{l}.post_attention_layernorm"))?,
-                mlp,
-                placement: NormPlacement::Pre,
-            });
+    fn dims(&self) -> Dims {
+        Dims {
+            arch: "llama".into(),
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            kv_heads: self.kv,
+            head_dim: self.hd,
+            intermediate: self.inter,
+            vocab: self.vocab,
+            max_positions: self.max_pos,
         }
-        let lm_head = if tie || !store.contains("lm_head.weight") {
+    }
+}
+
+/// A Llama checkpoint's layers, read from the store with the shapes the config implies.
+struct Weights<'a> {
+    store: &'a WeightStore,
+    cfg: &'a LlamaConfig,
+}
+
+impl Weights<'_> {
+    fn f32n(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.store.get(name, shape)?.to_dtype(DType::F32)?)
+    }
+
+    /// A linear layer; its bias is required with `bias`, optional otherwise.
+    fn linear(&self, name: String, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.store.get(&format!("{name}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.f32n(&format!("{name}.bias"), &[out])?)
+        } else {
+            self.store
+                .get_opt(&format!("{name}.bias"), &[out])?
+                .map(|t| t.to_dtype(DType::F32))
+                .transpose()?
+        };
+        Ok(Linear::new(name, w, b))
+    }
+
+    fn rms(&self, name: String) -> Result<Norm> {
+        Ok(Norm::Rms {
+            weight: self.f32n(&format!("{name}.weight"), &[self.cfg.hidden])?,
+            name,
+            eps: self.cfg.eps,
+        })
+    }
+
+    /// The decoder layer under the name prefix `l`.
+    fn block(&self, l: &str) -> Result<Block> {
+        let c = self.cfg;
+        let (hidden, heads, kv, hd) = (c.hidden, c.heads, c.kv, c.hd);
+        let attn = Attention {
+            q: self.linear(
+                format!("{l}.self_attn.q_proj"),
+                heads * hd,
+                hidden,
+                c.attn_bias,
+            )?,
+            k: self.linear(
+                format!("{l}.self_attn.k_proj"),
+                kv * hd,
+                hidden,
+                c.attn_bias,
+            )?,
+            v: self.linear(
+                format!("{l}.self_attn.v_proj"),
+                kv * hd,
+                hidden,
+                c.attn_bias,
+            )?,
+            o: self.linear(
+                format!("{l}.self_attn.o_proj"),
+                hidden,
+                heads * hd,
+                c.attn_bias,
+            )?,
+            n_heads: heads,
+            n_kv_heads: kv,
+            head_dim: hd,
+            rope: Some(c.rope.clone()),
+            scale: 1.0 / (hd as f64).sqrt(),
+        };
+        let mlp = Mlp::Gated {
+            gate: self.linear(format!("{l}.mlp.gate_proj"), c.inter, hidden, c.mlp_bias)?,
+            up: self.linear(format!("{l}.mlp.up_proj"), c.inter, hidden, c.mlp_bias)?,
+            down: self.linear(format!("{l}.mlp.down_proj"), hidden, c.inter, c.mlp_bias)?,
+            act: c.act,
+        };
+        Ok(Block {
+            attn_norm: self.rms(format!("{l}.input_layernorm"))?,
+            attn,
+            mlp_norm: self.rms(format!("{l}.post_attention_layernorm"))?,
+            mlp,
+            placement: NormPlacement::Pre,
+        })
+    }
+
+    /// The output projection: its own weight, or the token embeddings when tied.
+    fn lm_head(&self, tokens: &Tensor) -> Result<Linear> {
+        let tie = self.cfg.tie;
+        if tie || !self.store.contains("lm_head.weight") {
             if !tie {
                 fail!(
                     Input,
                     "checkpoint has no tensor 'lm_head.weight' and tie_word_embeddings is false"
                 );
             }
-            Linear::new("lm_head", tokens.clone(), None)
+            Ok(Linear::new("lm_head", tokens.clone(), None))
         } else {
-            linear("lm_head".into(), vocab, hidden, false)?
-        };
-        Ok(DecoderModel {
-            dims: Dims {
-                arch: "llama".into(),
-                hidden,
-                layers,
-                heads,
-                kv_heads: kv,
-                head_dim: hd,
-                intermediate: inter,
-                vocab,
-                max_positions: max_pos,
-            },
-            embed: Embeddings {
-                tokens,
-                tokens_name: embed_name,
-                positions: None,
-                positions_name: None,
-                project_in: None,
-            },
-            blocks,
-            final_norm: Some(rms(format!("{p}norm"))?),
-            project_out: None,
-            lm_head,
-            tied: tie,
-            device: store.device.clone(),
-        })
+            self.linear("lm_head".into(), self.cfg.vocab, self.cfg.hidden, false)
+        }
     }
 }

@@ -7,10 +7,11 @@
 pub mod layers;
 pub mod llama;
 pub mod opt;
+pub mod weights;
 
 use crate::fail;
-use crate::lrp::rules::Bwd;
-use crate::source::weights::WeightStore;
+use crate::model::weights::WeightStore;
+use crate::relevance::rules::Bwd;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use layers::attention::{AttnSaved, KvCache};

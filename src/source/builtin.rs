@@ -1,8 +1,9 @@
-//! The built-in demo model and texts, embedded in the binary so that the first command in the
+//! The built-in demo model, embedded in the binary so that the first command in the
 //! README runs offline on a fresh machine. `demo-llama` is a 1 M-parameter Llama trained for this
 //! project on the demo corpus (C4 excerpt and public-domain books); see assets/README.md.
 
-use super::weights::{self, WeightStore};
+use super::weights;
+use crate::model::weights::WeightStore;
 use anyhow::Result;
 use std::path::Path;
 
@@ -27,10 +28,6 @@ pub const EXTRA_FILES: &[(&str, &[u8])] = &[
         include_bytes!("../../assets/demo-llama/generation_config.json"),
     ),
 ];
-
-/// Held-out demo text (`valid.txt` of the demo corpus): the default evaluation text.
-pub const EVAL_TEXT: &str = include_str!("../../assets/demo-text/valid.txt");
-pub const EVAL_TEXT_LABEL: &str = "builtin:demo-valid";
 
 pub fn load_demo(store: &mut WeightStore) -> Result<(serde_json::Value, tokenizers::Tokenizer)> {
     let label = Path::new(DEMO_LABEL);

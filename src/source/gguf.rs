@@ -2,9 +2,10 @@
 //! Hugging Face names, q/k rows un-permuted from llama.cpp's RoPE layout, and an HF-style config
 //! derived from the metadata when no `config.json` sits beside the file.
 
-use super::weights::{check_finite, Stored, WeightStore};
+use super::weights::check_finite;
 use crate::error::{Kind, Tag};
 use crate::fail;
+use crate::model::weights::{Stored, WeightStore};
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};

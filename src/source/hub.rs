@@ -110,7 +110,7 @@ pub fn resolve(id: &HubId, offline: bool) -> Result<HubFiles> {
         let Some(snap) = cached_snapshot(&cache, id) else {
             fail!(
                 Input,
-                "offline: {id} is not in the Hugging Face cache at {} (no snapshot for revision '{}'); run once online or point --model at a local directory",
+                "offline: {id} is not in the Hugging Face cache at {} (no snapshot for revision '{}'); run once online or use a local model directory",
                 cache.display(),
                 id.revision
             );
@@ -169,7 +169,7 @@ fn download(id: &HubId, cache: &Path) -> Result<HubFiles> {
     ));
     let info = repo
         .info()
-        .with_context(|| format!("looking up {id} on the Hugging Face hub (use --offline and a populated cache, or a local directory, without network)"))
+        .with_context(|| format!("looking up {id} on the Hugging Face hub (without network, work offline from a populated cache or use a local directory)"))
         .tag(Kind::Input)?;
     let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let mut wanted = vec!["config.json".to_string(), "tokenizer.json".to_string()];

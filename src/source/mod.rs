@@ -8,12 +8,11 @@ pub mod weights;
 
 use crate::error::{Kind, Tag};
 use crate::fail;
+use crate::model::weights::WeightStore;
 use crate::model::{self, DecoderModel};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use weights::WeightStore;
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone)]
@@ -103,11 +102,8 @@ pub struct Loaded {
     pub tokenizer_path: Option<PathBuf>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(bytes);
-    format!("{:x}", h.finalize())
-}
+// compat: remove once callers move (the hash lives in `crate::util` now).
+pub use crate::util::sha256_hex;
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let meta = std::fs::metadata(path)
@@ -165,98 +161,20 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
         if m != format!("builtin:{}", builtin::DEMO_NAME) {
             fail!(
                 Usage,
-                "--model {m}: the only built-in model is builtin:{}",
+                "unknown built-in model {m}: the only built-in model is builtin:{}",
                 builtin::DEMO_NAME
             );
         }
     }
-    if req
-        .model
-        .as_deref()
-        .is_none_or(|m| m.starts_with("builtin:"))
-    {
+    let Some(m) = req.model.as_deref().filter(|m| !m.starts_with("builtin:")) else {
         let (cfg, tok) = builtin::load_demo(&mut store)?;
         let model = build(&cfg, &store, Path::new(builtin::DEMO_LABEL))?;
         let origin = Origin::Builtin {
             name: builtin::DEMO_NAME.into(),
         };
         return finish(origin, cfg, model, tok, store, None);
-    }
-    let (origin, config, tok_path): (Origin, serde_json::Value, Option<PathBuf>) = match &req.model
-    {
-        None => unreachable!("the built-in model returned above"),
-        Some(m) => {
-            let p = Path::new(m);
-            if p.exists() || p.symlink_metadata().is_ok() {
-                let meta = std::fs::metadata(p)
-                    .with_context(|| format!("--model {m}: cannot access"))
-                    .tag(Kind::Input)?;
-                if meta.is_dir() {
-                    let cfg = read_json(&p.join("config.json"))?;
-                    let (files, shard_of) = weights::safetensors_files(p)?;
-                    weights::load_safetensors(&mut store, &files, &shard_of)?;
-                    let tok = req
-                        .tokenizer
-                        .clone()
-                        .unwrap_or_else(|| p.join("tokenizer.json"));
-                    (
-                        Origin::Dir {
-                            path: p.to_path_buf(),
-                            sharded: !shard_of.is_empty(),
-                        },
-                        cfg,
-                        Some(tok),
-                    )
-                } else if is_gguf(p)? {
-                    let (content, mut file) = gguf::read_content(p)?;
-                    let beside = p.parent().map(|d| d.join("config.json"));
-                    let cfg = match beside.filter(|b| b.is_file()) {
-                        Some(b) => read_json(&b)?,
-                        None => gguf::config_from_metadata(p, &content)?,
-                    };
-                    gguf::load_gguf(&mut store, p, &content, &mut file, &cfg)?;
-                    let tok = req
-                        .tokenizer
-                        .clone()
-                        .or_else(|| p.parent().map(|d| d.join("tokenizer.json")));
-                    (
-                        Origin::Gguf {
-                            path: p.to_path_buf(),
-                        },
-                        cfg,
-                        tok,
-                    )
-                } else {
-                    fail!(
-                        Input,
-                        "--model {m}: a file that is not GGUF; give a model directory (config.json + safetensors), a .gguf file or a hub id"
-                    );
-                }
-            } else if let Some(id) = hub::HubId::parse(m) {
-                let offline = req.offline || hub::offline_from_env();
-                let files = hub::resolve(&id, offline)?;
-                let cfg = read_json(&files.dir.join("config.json"))?;
-                let (wfiles, shard_of) = weights::safetensors_files(&files.dir)?;
-                weights::load_safetensors(&mut store, &wfiles, &shard_of)?;
-                let tok = req
-                    .tokenizer
-                    .clone()
-                    .unwrap_or_else(|| files.dir.join("tokenizer.json"));
-                (
-                    Origin::Hub {
-                        id: id.to_string(),
-                        commit: files.commit,
-                        path: files.dir.clone(),
-                        sharded: !shard_of.is_empty(),
-                    },
-                    cfg,
-                    Some(tok),
-                )
-            } else {
-                fail!(Input, "--model {m}: no such file or directory, and not a hub id (org/name[@revision])");
-            }
-        }
     };
+    let (origin, config, tok_path) = resolve(m, req, &mut store)?;
     let label = origin
         .dir()
         .map(|d| d.join("config.json"))
@@ -267,15 +185,101 @@ pub fn load(req: &ModelRequest) -> Result<Loaded> {
             if !t.exists() {
                 fail!(
                     Input,
-                    "tokenizer {} not found (put a tokenizer.json beside the model or pass --tokenizer FILE)",
+                    "tokenizer {} not found (put a tokenizer.json beside the model or name a tokenizer file)",
                     t.display()
                 );
             }
             load_tokenizer(t)?
         }
-        None => fail!(Input, "no tokenizer: pass --tokenizer FILE"),
+        None => fail!(Input, "no tokenizer: name a tokenizer file"),
     };
     finish(origin, config, model, tok, store, tok_path)
+}
+
+/// A model's origin, its config and the tokenizer.json to load.
+type Resolved = (Origin, serde_json::Value, Option<PathBuf>);
+
+/// Resolve `m` (a model directory, a GGUF file or a hub id) and fill `store` with its
+/// tensors.
+fn resolve(m: &str, req: &ModelRequest, store: &mut WeightStore) -> Result<Resolved> {
+    let p = Path::new(m);
+    if p.exists() || p.symlink_metadata().is_ok() {
+        let meta = std::fs::metadata(p)
+            .with_context(|| format!("cannot access model {m}"))
+            .tag(Kind::Input)?;
+        if meta.is_dir() {
+            from_dir(p, req, store)
+        } else if is_gguf(p)? {
+            from_gguf(p, req, store)
+        } else {
+            fail!(
+                Input,
+                "model {m} is a file that is not GGUF; give a model directory (config.json + safetensors), a .gguf file or a hub id"
+            );
+        }
+    } else if let Some(id) = hub::HubId::parse(m) {
+        from_hub(&id, req, store)
+    } else {
+        fail!(
+            Input,
+            "model {m}: no such file or directory, and not a hub id (org/name[@revision])"
+        );
+    }
+}
+
+/// A model directory: config.json and safetensors (single or sharded).
+fn from_dir(p: &Path, req: &ModelRequest, store: &mut WeightStore) -> Result<Resolved> {
+    let cfg = read_json(&p.join("config.json"))?;
+    let (files, shard_of) = weights::safetensors_files(p)?;
+    weights::load_safetensors(store, &files, &shard_of)?;
+    let tok = req
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| p.join("tokenizer.json"));
+    let origin = Origin::Dir {
+        path: p.to_path_buf(),
+        sharded: !shard_of.is_empty(),
+    };
+    Ok((origin, cfg, Some(tok)))
+}
+
+/// A GGUF file, with the config.json beside it or one derived from its metadata.
+fn from_gguf(p: &Path, req: &ModelRequest, store: &mut WeightStore) -> Result<Resolved> {
+    let (content, mut file) = gguf::read_content(p)?;
+    let beside = p.parent().map(|d| d.join("config.json"));
+    let cfg = match beside.filter(|b| b.is_file()) {
+        Some(b) => read_json(&b)?,
+        None => gguf::config_from_metadata(p, &content)?,
+    };
+    gguf::load_gguf(store, p, &content, &mut file, &cfg)?;
+    let tok = req
+        .tokenizer
+        .clone()
+        .or_else(|| p.parent().map(|d| d.join("tokenizer.json")));
+    let origin = Origin::Gguf {
+        path: p.to_path_buf(),
+    };
+    Ok((origin, cfg, tok))
+}
+
+/// A hub id, resolved through the Hugging Face cache (downloading unless offline).
+fn from_hub(id: &hub::HubId, req: &ModelRequest, store: &mut WeightStore) -> Result<Resolved> {
+    let offline = req.offline || hub::offline_from_env();
+    let files = hub::resolve(id, offline)?;
+    let cfg = read_json(&files.dir.join("config.json"))?;
+    let (wfiles, shard_of) = weights::safetensors_files(&files.dir)?;
+    weights::load_safetensors(store, &wfiles, &shard_of)?;
+    let tok = req
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| files.dir.join("tokenizer.json"));
+    let origin = Origin::Hub {
+        id: id.to_string(),
+        commit: files.commit,
+        path: files.dir.clone(),
+        sharded: !shard_of.is_empty(),
+    };
+    Ok((origin, cfg, Some(tok)))
 }
 
 fn finish(

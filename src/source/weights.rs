@@ -1,112 +1,13 @@
-//! The tensor provider: every weight of a checkpoint by its Hugging Face name, loaded from
-//! safetensors (single or sharded) or produced by the GGUF reader, validated on the way in.
+//! Loading safetensors checkpoints (single or sharded) into the weight store
+//! ([`crate::model::weights`]), validated on the way in.
 
 use crate::error::{Kind, Tag};
 use crate::fail;
+use crate::model::weights::{Stored, WeightStore};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// One tensor with the file it came from (for error messages) and its on-disk dtype.
-#[derive(Clone)]
-pub struct Stored {
-    pub tensor: Tensor,
-    pub file: PathBuf,
-    pub disk_dtype: DType,
-}
-
-/// All tensors of a checkpoint, by name. Architectures `take` what they need; whatever is left
-/// over is reported (unknown tensors are ignored with a note, not silently consumed).
-pub struct WeightStore {
-    tensors: HashMap<String, Stored>,
-    /// Names in the order the checkpoint lists them (used when writing a model back).
-    pub order: Vec<String>,
-    /// Shard file of each tensor, as written in the checkpoint's index (for sharded outputs).
-    pub shard_of: BTreeMap<String, String>,
-    pub device: Device,
-    pub dtype: DType,
-}
-
-impl WeightStore {
-    pub fn new(device: Device, dtype: DType) -> Self {
-        Self {
-            tensors: HashMap::new(),
-            order: Vec::new(),
-            shard_of: BTreeMap::new(),
-            device,
-            dtype,
-        }
-    }
-
-    pub fn insert(&mut self, name: String, stored: Stored) -> Result<()> {
-        if self.tensors.contains_key(&name) {
-            fail!(
-                Input,
-                "{}: tensor '{name}' appears twice in the checkpoint",
-                stored.file.display()
-            );
-        }
-        self.order.push(name.clone());
-        self.tensors.insert(name, stored);
-        Ok(())
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.order.iter()
-    }
-
-    pub fn peek(&self, name: &str) -> Option<&Stored> {
-        self.tensors.get(name)
-    }
-
-    /// The most common on-disk dtype (the dtype a written model keeps by default).
-    pub fn disk_dtype(&self) -> DType {
-        let mut counts: HashMap<DType, usize> = HashMap::new();
-        for s in self.tensors.values() {
-            *counts.entry(s.disk_dtype).or_default() += s.tensor.elem_count();
-        }
-        counts
-            .into_iter()
-            .max_by_key(|(_, n)| *n)
-            .map(|(d, _)| d)
-            .unwrap_or(DType::F32)
-    }
-
-    /// A tensor that must exist with exactly this shape.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        match self.tensors.get(name) {
-            None => fail!(
-                Input,
-                "checkpoint has no tensor '{name}' (expected shape {shape:?})"
-            ),
-            Some(s) => {
-                if s.tensor.dims() != shape {
-                    fail!(
-                        Input,
-                        "{}: tensor '{name}' has shape {:?} but the config implies {shape:?}",
-                        s.file.display(),
-                        s.tensor.dims()
-                    );
-                }
-                Ok(s.tensor.clone())
-            }
-        }
-    }
-
-    /// An optional tensor (e.g. a bias); if present it must have this shape.
-    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.tensors.contains_key(name) {
-            self.get(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-}
 
 /// The files of a safetensors checkpoint: one `model.safetensors`, or an index and its shards.
 pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>)> {

@@ -15,34 +15,8 @@ use crate::fail;
 use anyhow::Result;
 use std::path::Path;
 
-/// A tiny, portable, seeded PRNG (SplitMix64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5851_F42D_4C95_7F2D)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)` (n > 0), without modulo bias.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return v % n;
-            }
-        }
-    }
-}
+// compat: remove once callers move (the RNG lives in `crate::util` now).
+pub use crate::util::Rng;
 
 /// How the samples were made (recorded in outputs).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -90,7 +64,7 @@ pub fn spans(
         let (Some(p), Some(c)) = (field(r, "prompt"), field(r, "continuation")) else {
             fail!(
                 Input,
-                "{label}: line {line} needs \"prompt\" and \"continuation\" text for --target span"
+                "{label}: line {line} needs \"prompt\" and \"continuation\" text for the continuation-span target"
             );
         };
         let pe = tok.encode_fast(p.as_str(), true).map_err(|e| {
@@ -103,7 +77,7 @@ pub fn spans(
         if plen == 0 || ids.len() <= plen {
             fail!(
                 Input,
-                "{label}: line {line}: empty prompt or continuation (within --seq-len {seq_len})"
+                "{label}: line {line}: empty prompt or continuation (within the sequence length {seq_len})"
             );
         }
         samples.push(ids);
@@ -115,7 +89,7 @@ pub fn spans(
     if samples.len() < n {
         fail!(
             Input,
-            "{label} holds {} records, fewer than --samples {n}",
+            "{label} holds {} records, fewer than the {n} samples asked for",
             samples.len()
         );
     }
@@ -160,108 +134,147 @@ pub fn sample(
     if text.trim().is_empty() {
         fail!(Input, "data file {label} is empty");
     }
-    let info = |recipe: &str| CalibInfo {
-        file: label.clone(),
-        sha256: sha.clone(),
-        recipe: recipe.into(),
-        samples: n,
-        seq_len,
-        seed,
-    };
-    if jsonl {
+    let (samples, recipe, lines) = if jsonl {
         let recs = data::parse_jsonl(&label, &text)?;
         if recs.is_empty() {
             fail!(Input, "data file {label} has no records");
         }
         if recs[0].1.get("ids").is_some() {
-            let mut samples = Vec::new();
-            let mut lines = Vec::new();
-            for (line, r) in &recs {
-                let Some(arr) = r.get("ids").and_then(|v| v.as_array()) else {
-                    fail!(Input, "{label}: line {line} has no \"ids\" list");
-                };
-                let mut ids = Vec::with_capacity(arr.len().min(seq_len));
-                for v in arr.iter().take(seq_len) {
-                    match v.as_u64() {
-                        Some(x) if x <= u32::MAX as u64 => ids.push(x as u32),
-                        _ => fail!(
-                            Input,
-                            "{label}: line {line}: \"ids\" must hold non-negative integers"
-                        ),
-                    }
-                }
-                if ids.len() < 2 {
-                    fail!(
-                        Input,
-                        "{label}: line {line} has {} token(s); samples need at least 2",
-                        ids.len()
-                    );
-                }
-                samples.push(ids);
-                lines.push(*line);
-                if samples.len() == n {
-                    break;
-                }
-            }
-            if samples.len() < n {
-                fail!(
-                    Input,
-                    "{label} holds {} id records, fewer than --samples {n}",
-                    samples.len()
-                );
-            }
-            return Ok(Calib {
-                samples,
-                info: info("ids-records"),
-                lines,
-            });
+            let (samples, lines) = id_records(&label, &recs, n, seq_len)?;
+            (samples, "ids-records", lines)
+        } else {
+            let samples = document_windows(&label, &recs, tok, n, seq_len, &mut rng)?;
+            let recipe = "wanda-c4: random document with > seq_len tokens, random window";
+            (samples, recipe, Vec::new())
         }
-        let mut docs = Vec::with_capacity(recs.len());
-        for (line, r) in &recs {
-            match r.get("text").and_then(|t| t.as_str()) {
-                Some(t) => docs.push(t),
-                None => fail!(
+    } else {
+        let samples = text_windows(&label, &text, tok, n, seq_len, &mut rng)?;
+        let recipe = "text: random windows of the tokenized file";
+        (samples, recipe, Vec::new())
+    };
+    Ok(Calib {
+        samples,
+        info: CalibInfo {
+            file: label,
+            sha256: sha,
+            recipe: recipe.into(),
+            samples: n,
+            seq_len,
+            seed,
+        },
+        lines,
+    })
+}
+
+/// JSONL records holding `ids`: the first `n`, each truncated to `seq_len`, with their line
+/// numbers.
+fn id_records(
+    label: &str,
+    recs: &[(usize, serde_json::Value)],
+    n: usize,
+    seq_len: usize,
+) -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
+    let mut samples = Vec::new();
+    let mut lines = Vec::new();
+    for (line, r) in recs {
+        let Some(arr) = r.get("ids").and_then(|v| v.as_array()) else {
+            fail!(Input, "{label}: line {line} has no \"ids\" list");
+        };
+        let mut ids = Vec::with_capacity(arr.len().min(seq_len));
+        for v in arr.iter().take(seq_len) {
+            match v.as_u64() {
+                Some(x) if x <= u32::MAX as u64 => ids.push(x as u32),
+                _ => fail!(
                     Input,
-                    "{label}: line {line} has neither \"ids\" nor a string \"text\""
+                    "{label}: line {line}: \"ids\" must hold non-negative integers"
                 ),
             }
         }
-        // Tokenize lazily; give up once every document is known to be too short.
-        let mut cache: Vec<Option<Vec<u32>>> = vec![None; docs.len()];
-        let mut short = vec![false; docs.len()];
-        let mut n_short = 0;
-        let mut samples = Vec::with_capacity(n);
-        while samples.len() < n {
-            let i = rng.below(docs.len() as u64) as usize;
-            if short[i] {
-                continue;
-            }
-            if cache[i].is_none() {
-                cache[i] = Some(data::encode_plain(tok, docs[i])?);
-            }
-            let ids = cache[i].as_ref().expect("cached");
-            if ids.len() <= seq_len {
-                short[i] = true;
-                n_short += 1;
-                cache[i] = None;
-                if n_short == docs.len() {
-                    fail!(
-                        Input,
-                        "{label}: no document has more than --seq-len {seq_len} tokens"
-                    );
-                }
-                continue;
-            }
-            let start = rng.below((ids.len() - seq_len) as u64) as usize;
-            samples.push(ids[start..start + seq_len].to_vec());
+        if ids.len() < 2 {
+            fail!(
+                Input,
+                "{label}: line {line} has {} token(s); samples need at least 2",
+                ids.len()
+            );
         }
-        return Ok(Calib {
-            samples,
-            info: info("wanda-c4: random document with > seq_len tokens, random window"),
-            lines: Vec::new(),
-        });
+        samples.push(ids);
+        lines.push(*line);
+        if samples.len() == n {
+            break;
+        }
     }
-    let ids = data::encode_plain(tok, &text)?;
+    if samples.len() < n {
+        fail!(
+            Input,
+            "{label} holds {} id records, fewer than --samples {n}",
+            samples.len()
+        );
+    }
+    Ok((samples, lines))
+}
+
+/// JSONL `text` documents (Wanda's C4 recipe): draw a document until one has more than
+/// `seq_len` tokens, then a window in it.
+fn document_windows(
+    label: &str,
+    recs: &[(usize, serde_json::Value)],
+    tok: &tokenizers::Tokenizer,
+    n: usize,
+    seq_len: usize,
+    rng: &mut Rng,
+) -> Result<Vec<Vec<u32>>> {
+    let mut docs = Vec::with_capacity(recs.len());
+    for (line, r) in recs {
+        match r.get("text").and_then(|t| t.as_str()) {
+            Some(t) => docs.push(t),
+            None => fail!(
+                Input,
+                "{label}: line {line} has neither \"ids\" nor a string \"text\""
+            ),
+        }
+    }
+    // Tokenize lazily; give up once every document is known to be too short.
+    let mut cache: Vec<Option<Vec<u32>>> = vec![None; docs.len()];
+    let mut short = vec![false; docs.len()];
+    let mut n_short = 0;
+    let mut samples = Vec::with_capacity(n);
+    while samples.len() < n {
+        let i = rng.below(docs.len() as u64) as usize;
+        if short[i] {
+            continue;
+        }
+        if cache[i].is_none() {
+            cache[i] = Some(data::encode_plain(tok, docs[i])?);
+        }
+        let ids = cache[i].as_ref().expect("cached");
+        if ids.len() <= seq_len {
+            short[i] = true;
+            n_short += 1;
+            cache[i] = None;
+            if n_short == docs.len() {
+                fail!(
+                    Input,
+                    "{label}: no document has more than --seq-len {seq_len} tokens"
+                );
+            }
+            continue;
+        }
+        let start = rng.below((ids.len() - seq_len) as u64) as usize;
+        samples.push(ids[start..start + seq_len].to_vec());
+    }
+    Ok(samples)
+}
+
+/// Plain text, tokenized as a whole: `n` windows at uniform random starts.
+fn text_windows(
+    label: &str,
+    text: &str,
+    tok: &tokenizers::Tokenizer,
+    n: usize,
+    seq_len: usize,
+    rng: &mut Rng,
+) -> Result<Vec<Vec<u32>>> {
+    let ids = data::encode_plain(tok, text)?;
     if ids.len() < seq_len {
         fail!(
             Input,
@@ -270,15 +283,10 @@ pub fn sample(
         );
     }
     let span = (ids.len() - seq_len + 1) as u64;
-    let samples = (0..n)
+    Ok((0..n)
         .map(|_| {
             let s = rng.below(span) as usize;
             ids[s..s + seq_len].to_vec()
         })
-        .collect();
-    Ok(Calib {
-        samples,
-        info: info("text: random windows of the tokenized file"),
-        lines: Vec::new(),
-    })
+        .collect())
 }

@@ -3,9 +3,9 @@
 //! token for the loaded tokenizer are dropped; generation is seeded and prompts are unique, so
 //! attribution and held-out prompts never share a prompt.
 
-use super::calib::Rng;
 use super::task::{encode_prompt, single_token, TaskInfo, TaskPrompt, TaskSet};
 use crate::fail;
+use crate::util::Rng;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
@@ -86,56 +86,126 @@ pub fn generate(
         None => (
             BUILTIN.to_string(),
             "built-in configs/ioi.toml".to_string(),
-            crate::source::sha256_hex(BUILTIN.as_bytes()),
+            crate::util::sha256_hex(BUILTIN.as_bytes()),
         ),
     };
     let cfg = IoiConfig::parse(&text, &label)?;
-    let names = one_token_words(tok, &cfg.names)?;
-    let places: Vec<String> = one_token_words(tok, &cfg.places)?
-        .into_iter()
-        .map(|p| p.0)
-        .collect();
-    let objects: Vec<String> = one_token_words(tok, &cfg.objects)?
-        .into_iter()
-        .map(|p| p.0)
-        .collect();
-    if names.len() < 2 {
-        fail!(
-            Input,
-            "{label}: only {} of {} names are one token for this tokenizer; IOI needs at least 2",
-            names.len(),
-            cfg.names.len()
-        );
-    }
-    let templates: Vec<&String> = cfg
-        .templates
-        .iter()
-        .filter(|t| {
-            (!t.contains("{PLACE}") || !places.is_empty())
-                && (!t.contains("{OBJECT}") || !objects.is_empty())
-        })
-        .collect();
-    if templates.is_empty() {
-        fail!(
-            Input,
-            "{label}: no template is usable: its places or objects are not one token for this tokenizer"
-        );
-    }
-    let want = n_attr + n_eval;
-    let mut rng = Rng::new(seed);
-    let mut seen = HashSet::new();
-    let mut all = Vec::with_capacity(want);
-    let mut tries = 0usize;
-    while all.len() < want {
-        tries += 1;
-        if tries > want * 50 + 1000 {
+    let words = Words::usable(&cfg, tok, &label)?;
+    let mut all = words.prompts(tok, &label, n_attr + n_eval, seed)?;
+    // Generated in random order already: the first n_attr attribute, the rest evaluate.
+    let evaluation = all.split_off(n_attr);
+    Ok(TaskSet {
+        info: TaskInfo {
+            name: "ioi".into(),
+            source: label,
+            sha256,
+            seed,
+            attribution_prompts: all.len(),
+            evaluation_prompts: evaluation.len(),
+            details: serde_json::json!({
+                "templates": words.templates.len(),
+                "names": words.names.len(),
+                "names_listed": cfg.names.len(),
+                "places": words.places.len(),
+                "objects": words.objects.len(),
+            }),
+        },
+        attribution: all,
+        evaluation,
+    })
+}
+
+/// The names, places and objects that are one token for the tokenizer, and the templates
+/// they can fill.
+struct Words<'a> {
+    names: Vec<(String, u32)>,
+    places: Vec<String>,
+    objects: Vec<String>,
+    templates: Vec<&'a String>,
+}
+
+impl<'a> Words<'a> {
+    fn usable(cfg: &'a IoiConfig, tok: &Tokenizer, label: &str) -> Result<Self> {
+        let names = one_token_words(tok, &cfg.names)?;
+        let places: Vec<String> = one_token_words(tok, &cfg.places)?
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        let objects: Vec<String> = one_token_words(tok, &cfg.objects)?
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        if names.len() < 2 {
             fail!(
                 Input,
-                "{label}: the templates and word lists give only {} distinct prompts; asked for {want}",
-                all.len()
+                "{label}: only {} of {} names are one token for this tokenizer; IOI needs at least 2",
+                names.len(),
+                cfg.names.len()
             );
         }
-        let t = templates[rng.below(templates.len() as u64) as usize];
+        let templates: Vec<&String> = cfg
+            .templates
+            .iter()
+            .filter(|t| {
+                (!t.contains("{PLACE}") || !places.is_empty())
+                    && (!t.contains("{OBJECT}") || !objects.is_empty())
+            })
+            .collect();
+        if templates.is_empty() {
+            fail!(
+                Input,
+                "{label}: no template is usable: its places or objects are not one token for this tokenizer"
+            );
+        }
+        Ok(Self {
+            names,
+            places,
+            objects,
+            templates,
+        })
+    }
+
+    /// `want` distinct prompts, in the seeded random order.
+    fn prompts(
+        &self,
+        tok: &Tokenizer,
+        label: &str,
+        want: usize,
+        seed: u64,
+    ) -> Result<Vec<TaskPrompt>> {
+        let mut rng = Rng::new(seed);
+        let mut seen = HashSet::new();
+        let mut all = Vec::with_capacity(want);
+        let mut tries = 0usize;
+        while all.len() < want {
+            tries += 1;
+            if tries > want * 50 + 1000 {
+                fail!(
+                    Input,
+                    "{label}: the templates and word lists give only {} distinct prompts; asked for {want}",
+                    all.len()
+                );
+            }
+            let (p, io, s) = self.draw(&mut rng);
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            all.push(TaskPrompt {
+                ids: encode_prompt(tok, &p)?,
+                prompt: p,
+                target: format!(" {}", io.0),
+                foil: format!(" {}", s.0),
+                target_id: io.1,
+                foil_id: s.1,
+            });
+        }
+        Ok(all)
+    }
+
+    /// One random prompt with its indirect object (the answer) and subject (the foil).
+    fn draw(&self, rng: &mut Rng) -> (String, &(String, u32), &(String, u32)) {
+        let (names, places, objects) = (&self.names, &self.places, &self.objects);
+        let t = self.templates[rng.below(self.templates.len() as u64) as usize];
         let io = rng.below(names.len() as u64) as usize;
         let mut s = rng.below(names.len() as u64 - 1) as usize;
         if s >= io {
@@ -157,37 +227,6 @@ pub fn generate(
                 &objects[rng.below(objects.len() as u64) as usize],
             );
         }
-        if !seen.insert(p.clone()) {
-            continue;
-        }
-        all.push(TaskPrompt {
-            ids: encode_prompt(tok, &p)?,
-            prompt: p,
-            target: format!(" {}", io.0),
-            foil: format!(" {}", s.0),
-            target_id: io.1,
-            foil_id: s.1,
-        });
+        (p, io, s)
     }
-    // Generated in random order already: the first n_attr attribute, the rest evaluate.
-    let evaluation = all.split_off(n_attr);
-    Ok(TaskSet {
-        info: TaskInfo {
-            name: "ioi".into(),
-            source: label,
-            sha256,
-            seed,
-            attribution_prompts: all.len(),
-            evaluation_prompts: evaluation.len(),
-            details: serde_json::json!({
-                "templates": templates.len(),
-                "names": names.len(),
-                "names_listed": cfg.names.len(),
-                "places": places.len(),
-                "objects": objects.len(),
-            }),
-        },
-        attribution: all,
-        evaluation,
-    })
 }

@@ -1,10 +1,10 @@
 //! Two-choice tasks for circuits: a prompt, a target continuation and a foil, each one token.
 //! The metric explains and evaluates `logit(target) − logit(foil)` at the prompt's last position.
 
-use super::calib::Rng;
 use crate::data;
 use crate::error::Kind;
 use crate::fail;
+use crate::util::Rng;
 use anyhow::Result;
 use std::path::Path;
 use tokenizers::Tokenizer;

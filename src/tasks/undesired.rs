@@ -3,9 +3,9 @@
 //! plain text with one prompt per line. A seeded split holds part of the set out of the
 //! attribution for evaluation.
 
-use super::calib::Rng;
 use crate::data;
 use crate::fail;
+use crate::util::Rng;
 use anyhow::Result;
 use std::path::Path;
 

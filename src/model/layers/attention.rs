@@ -6,7 +6,7 @@
 
 use super::Linear;
 use crate::kernels::gemm::bmm;
-use crate::lrp::rules::{uniform_share, Bwd};
+use crate::relevance::rules::{uniform_share, Bwd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 

@@ -6,7 +6,7 @@
 
 use super::f32_of;
 use crate::kernels::gemm::mm;
-use crate::lrp::rules::{epsilon_scale, Bwd, Rule};
+use crate::relevance::rules::{epsilon_scale, Bwd, Rule};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -102,8 +102,8 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lrp::accum::{Accumulators, Aggregation};
-    use crate::lrp::rules::Rule;
+    use crate::relevance::accum::{Accumulators, Aggregation};
+    use crate::relevance::rules::Rule;
     use candle_core::Device;
 
     /// Every aggregation equals its definition summed by hand over samples and tokens:

@@ -3,7 +3,7 @@
 //! split of the gated product; the plain gradient under `Rule::Grad`.
 
 use super::Linear;
-use crate::lrp::rules::{identity_rule, uniform_share, Bwd, Rule};
+use crate::relevance::rules::{identity_rule, uniform_share, Bwd, Rule};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 

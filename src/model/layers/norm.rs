@@ -1,7 +1,7 @@
 //! RMSNorm (Llama) and LayerNorm (OPT), with their AttnLRP identity rules: the normaliser
 //! `1/rms(x)` (or `1/σ`) is treated as a constant; LayerNorm keeps its centring (LRP-0).
 
-use crate::lrp::rules::Rule;
+use crate::relevance::rules::Rule;
 use anyhow::Result;
 use candle_core::{Tensor, D};
 

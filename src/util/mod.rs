@@ -1,4 +1,21 @@
-//! Small system helpers.
+//! Generic helpers with no knowledge of models: system queries, process tuning, hashing, the
+//! seeded RNG, atomic file writes and signal handling. A leaf: nothing here uses another
+//! module of the crate except `error`.
+
+pub mod fs;
+pub mod interrupt;
+pub mod rng;
+
+pub use rng::Rng;
+
+use sha2::{Digest, Sha256};
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    format!("{:x}", h.finalize())
+}
 
 /// `MemAvailable` from /proc/meminfo, in bytes (Linux).
 pub fn mem_available() -> Option<usize> {
