@@ -6,9 +6,9 @@
 //! machines these sessions get vary, so time `scripts/bench_lxt.py` beside it.
 
 use candle_core::Tensor;
-use sparc3::lrp::accum::{Accumulators, Aggregation};
-use sparc3::lrp::rules::{Bwd, Rule};
 use sparc3::lrp::{relevance_pass, MemoryMode, Target};
+use sparc3::relevance::accum::{Accumulators, Aggregation};
+use sparc3::relevance::rules::{Bwd, Rule};
 use std::time::Instant;
 
 fn rss_mib(key: &str) -> f64 {

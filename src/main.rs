@@ -7,7 +7,7 @@ fn main() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     sparc3::util::tune_process();
-    sparc3::io::interrupt::install();
+    sparc3::util::interrupt::install();
     let cli = match sparc3::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

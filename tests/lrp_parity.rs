@@ -6,9 +6,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use sparc3::lrp::accum::{Accumulators, Aggregation};
-use sparc3::lrp::rules::{Bwd, Rule};
 use sparc3::lrp::{relevance_pass, MemoryMode, Target};
+use sparc3::relevance::accum::{Accumulators, Aggregation};
+use sparc3::relevance::rules::{Bwd, Rule};
 use std::collections::HashMap;
 
 fn load_golden(name: &str) -> HashMap<String, Tensor> {

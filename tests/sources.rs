@@ -162,7 +162,7 @@ fn write_cache(cache: &Path, repo_folder: &str) -> PathBuf {
     std::fs::write(repo.join("refs").join("main"), COMMIT).unwrap();
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         let bytes = std::fs::read(src.join(f)).unwrap();
-        let sha = sparc3::source::sha256_hex(&bytes);
+        let sha = sparc3::util::sha256_hex(&bytes);
         std::fs::write(blobs.join(&sha), &bytes).unwrap();
         std::os::unix::fs::symlink(Path::new("../../blobs").join(&sha), snap.join(f)).unwrap();
         assert!(snap.join(f).is_file(), "symlink {f} does not resolve");

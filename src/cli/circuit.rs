@@ -108,7 +108,7 @@ pub fn run(a: CircuitArgs) -> Result<()> {
     if let Some(out) = &a.out {
         let mut inputs = circuit::inputs(&cfg);
         inputs.extend(a.model.tokenizer.iter().cloned());
-        crate::io::hf::check_out_dir(out, force, &loaded, &inputs)?;
+        crate::io::hf::check_out(out, force, loaded.origin.dir(), &inputs)?;
     }
     if a.task != "ioi" && a.task_config.is_some() {
         fail!(Usage, "--task-config applies to --task ioi only");
@@ -149,14 +149,15 @@ pub fn run(a: CircuitArgs) -> Result<()> {
 }
 
 fn write(loaded: &crate::source::Loaded, o: &Outcome, out: &Path, force: bool) -> Result<()> {
-    crate::io::atomic_dir(out, force, |dir| {
+    crate::util::fs::atomic_dir(out, force, |dir| {
         for (name, bytes) in &o.files {
-            crate::io::write_in(dir, name, bytes)?;
+            crate::util::fs::write_in(dir, name, bytes)?;
         }
         for (sub, model) in &o.models {
             let sub = dir.join(sub);
             std::fs::create_dir(&sub)?;
-            crate::io::hf::write_contents(loaded, model, &sub, None, &[])?;
+            let contents = crate::jobs::model_contents(loaded, model);
+            crate::io::hf::write_into(&contents, &sub, None, &[])?;
         }
         Ok(())
     })

@@ -113,9 +113,11 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .transpose()?;
     let loaded = a.model.load()?;
     let force = a.output.force;
-    crate::io::hf::check_out_dir(&a.out, force, &loaded, &a.prune.inputs(&a.model))?;
+    let inputs = a.prune.inputs(&a.model);
+    crate::io::hf::check_out(&a.out, force, loaded.origin.dir(), &inputs)?;
     let o = compress::run(&loaded, &cfg, &Bar::default())?;
-    crate::io::hf::write_model(&loaded, &o.model, &a.out, force, out_dtype, &o.files)?;
+    let contents = crate::jobs::model_contents(&loaded, &o.model);
+    crate::io::hf::write(&contents, &a.out, force, out_dtype, &o.files)?;
     crate::jobs::remove_checkpoints(&o.checkpoint);
     if a.output.json {
         print_json(&o.report);

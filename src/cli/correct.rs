@@ -196,7 +196,7 @@ pub fn run(a: CorrectArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let force = a.output.force;
     if let Some(out) = &a.out {
-        crate::io::hf::check_out_dir(out, force, &loaded, &a.inputs())?;
+        crate::io::hf::check_out(out, force, loaded.origin.dir(), &a.inputs())?;
     }
     let bar = Bar::default();
     let prep = setup::prepare(&loaded, &cfg, inputs, &bar)?;
@@ -218,7 +218,8 @@ pub fn run(a: CorrectArgs) -> Result<()> {
         );
     }
     let out = a.out.as_ref().expect("required without --mask");
-    crate::io::hf::write_model(&loaded, &o.model, out, force, None, &o.files)?;
+    let contents = crate::jobs::model_contents(&loaded, &o.model);
+    crate::io::hf::write(&contents, out, force, None, &o.files)?;
     crate::jobs::remove_checkpoints(&o.checkpoints);
     if a.output.json {
         print_json(&o.report);

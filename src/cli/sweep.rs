@@ -64,11 +64,12 @@ pub fn run(a: SweepArgs) -> Result<()> {
     let cfg = a.config()?;
     let loaded = a.model.load()?;
     let force = a.output.force;
-    crate::io::hf::check_out_dir(&a.out, force, &loaded, &a.prune.inputs(&a.model))?;
+    let inputs = a.prune.inputs(&a.model);
+    crate::io::hf::check_out(&a.out, force, loaded.origin.dir(), &inputs)?;
     let o = sweep::run(&loaded, &cfg, &Bar::default())?;
-    crate::io::atomic_dir(&a.out, force, |dir| {
+    crate::util::fs::atomic_dir(&a.out, force, |dir| {
         for (name, bytes) in &o.files {
-            crate::io::write_in(dir, name, bytes)?;
+            crate::util::fs::write_in(dir, name, bytes)?;
         }
         Ok(())
     })?;

@@ -4,13 +4,11 @@
 //! then renamed into place; an existing output is only replaced with `force`.
 //!
 //! The writer takes what it writes ([`Contents`]: the config, the tensors, the model whose
-//! linear weights replace them, the tokenizer files); `check_out_dir`, `write_model` and
-//! `write_contents` are compat wrappers taking a whole `source::Loaded`.
+//! linear weights replace them, the tokenizer files).
 
 use crate::fail;
 use crate::model::weights::WeightStore;
 use crate::model::DecoderModel;
-use crate::source::{Loaded, Origin};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -35,13 +33,6 @@ fn canonical(p: &Path) -> Option<PathBuf> {
         return Some(c);
     }
     Some(parent(p).canonicalize().ok()?.join(p.file_name()?))
-}
-
-/// Refuse an output directory that exists (without force), is the model's own directory, sits
-/// inside it, or would (when replaced) delete one of the inputs.
-// compat: remove once callers move (to `check_out`).
-pub fn check_out_dir(out: &Path, force: bool, loaded: &Loaded, inputs: &[PathBuf]) -> Result<()> {
-    check_out(out, force, loaded.origin.dir(), inputs)
 }
 
 /// Refuse an output directory that exists (without force), is the model's own directory
@@ -184,55 +175,6 @@ pub enum TokenizerFiles<'a> {
         dir: Option<&'a Path>,
         tokenizer: Option<&'a Path>,
     },
-}
-
-/// What to write for a loaded model after pruning (`model`).
-// compat: remove once callers move (they build `Contents` from what they hold).
-pub fn contents_of<'a>(loaded: &'a Loaded, model: &'a DecoderModel) -> Contents<'a> {
-    let tokenizer = match &loaded.origin {
-        Origin::Builtin { .. } => {
-            let mut files = vec![("tokenizer.json", crate::source::builtin::tokenizer_json())];
-            files.extend(crate::source::builtin::EXTRA_FILES.iter().copied());
-            TokenizerFiles::Embedded(files)
-        }
-        o => TokenizerFiles::Copied {
-            dir: o.dir(),
-            tokenizer: loaded.tokenizer_path.as_deref(),
-        },
-    };
-    Contents {
-        config: &loaded.config,
-        store: &loaded.store,
-        model,
-        sharded: loaded.origin.sharded(),
-        tokenizer,
-    }
-}
-
-/// Write `model` (the loaded model after pruning) to `out`. `files` are extra outputs
-/// (report, mask) written into the same directory.
-// compat: remove once callers move (to `write`).
-pub fn write_model(
-    loaded: &Loaded,
-    model: &DecoderModel,
-    out: &Path,
-    force: bool,
-    dtype: Option<DType>,
-    files: &[(String, Vec<u8>)],
-) -> Result<()> {
-    write(&contents_of(loaded, model), out, force, dtype, files)
-}
-
-/// Write the model's files into an existing directory (inside an atomic output directory).
-// compat: remove once callers move (to `write_into`).
-pub fn write_contents(
-    loaded: &Loaded,
-    model: &DecoderModel,
-    dir: &Path,
-    dtype: Option<DType>,
-    files: &[(String, Vec<u8>)],
-) -> Result<()> {
-    write_into(&contents_of(loaded, model), dir, dtype, files)
 }
 
 /// Write a model directory `out` atomically (replacing an existing one only with `force`):

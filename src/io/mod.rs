@@ -5,15 +5,8 @@
 pub mod hf;
 pub mod svg;
 
-// compat: remove once callers move (the helpers live in `crate::util` now).
-pub use crate::util::fs::{
-    atomic_dir, atomic_write, atomic_write_on_exit, probe_writable, write_in,
-};
-// compat: remove once callers move.
-pub use crate::util::interrupt;
-
 use crate::fail;
-use crate::util::fs::parent_dir;
+use crate::util::fs::{parent_dir, probe_writable};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

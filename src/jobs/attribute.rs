@@ -2,11 +2,11 @@
 //! samples, written as a relevance file; one shard of a larger run with `shard`.
 
 use super::{DataRef, Progress, Provenance, Resume};
-use crate::lrp::accum::{Accumulators, Aggregation};
 use crate::lrp::checkpoint::{run_samples_resumable, Checkpoint};
 use crate::lrp::file::{RelMeta, RelevanceFile, TokenTable, FORMAT};
-use crate::lrp::rules::Rule;
 use crate::lrp::{self, MemoryMode, Target};
+use crate::relevance::accum::{Accumulators, Aggregation};
+use crate::relevance::rules::Rule;
 use crate::source::Loaded;
 use crate::tasks::calib::{self, Calib};
 use crate::{fail, invalid};

@@ -61,7 +61,7 @@ impl LayerFilter {
 
 /// sha256 of a value's JSON (fingerprints of token ids and protocols).
 pub fn sha256_json<T: serde::Serialize>(v: &T) -> String {
-    crate::source::sha256_hex(serde_json::to_string(v).unwrap_or_default().as_bytes())
+    crate::util::sha256_hex(serde_json::to_string(v).unwrap_or_default().as_bytes())
 }
 
 /// Resumable attributions of a job: checkpoints every N samples and/or resuming.
@@ -106,6 +106,34 @@ impl Resume {
             resume: self.resume,
             force_memory,
         }
+    }
+}
+
+/// What the HF writer writes for `model`, a pruned copy of `loaded`'s: its config, tensors
+/// (shards and dtypes) and tokenizer files.
+pub fn model_contents<'a>(
+    loaded: &'a crate::source::Loaded,
+    model: &'a crate::model::DecoderModel,
+) -> crate::io::hf::Contents<'a> {
+    use crate::io::hf::{Contents, TokenizerFiles};
+    use crate::source::{builtin, Origin};
+    let tokenizer = match &loaded.origin {
+        Origin::Builtin { .. } => {
+            let mut files = vec![("tokenizer.json", builtin::tokenizer_json())];
+            files.extend(builtin::EXTRA_FILES.iter().copied());
+            TokenizerFiles::Embedded(files)
+        }
+        o => TokenizerFiles::Copied {
+            dir: o.dir(),
+            tokenizer: loaded.tokenizer_path.as_deref(),
+        },
+    };
+    Contents {
+        config: &loaded.config,
+        store: &loaded.store,
+        model,
+        sharded: loaded.origin.sharded(),
+        tokenizer,
     }
 }
 

@@ -4,10 +4,10 @@
 use super::DataRef;
 use crate::eval::perplexity::{self, PplResult};
 use crate::invalid;
-use crate::lrp::accum::Aggregation;
 use crate::lrp::file::{RelMeta, RelevanceFile};
 use crate::lrp::Target;
 use crate::model::DecoderModel;
+use crate::relevance::accum::Aggregation;
 use crate::source::{Loaded, Origin};
 use crate::tasks::calib;
 use anyhow::Result;

@@ -3,10 +3,10 @@
 
 use super::prepare::{CalibConfig, PplConfig};
 use super::*;
-use crate::lrp::accum::Aggregation;
 use crate::lrp::Target;
 use crate::prune::mask::Pattern;
 use crate::prune::method::Method;
+use crate::relevance::accum::Aggregation;
 use crate::source::{load, Loaded, ModelRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -122,7 +122,7 @@ fn attribute_shards_merge_and_both_reports_round_trip() {
             seq_len: Some(32),
             seed: 0,
             target: Target::NextToken,
-            rule: crate::lrp::rules::Rule::Lrp { epsilon: None },
+            rule: crate::relevance::rules::Rule::Lrp { epsilon: None },
             aggregation: Aggregation::Abs,
             memory: None,
             shard: Some((i, 2)),

@@ -21,9 +21,6 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 
-// compat: remove once callers move (the rules and accumulators live in `crate::relevance`).
-pub use crate::relevance::{accum, rules};
-
 pub use memory::{auto_mode, check_memory, memory_needed, store_bytes, MemoryMode};
 pub use pass::{relevance_pass, run_one, run_samples, PassResult};
 pub use target::{Target, TokenSet};

@@ -107,7 +107,10 @@ pub fn layer_mask(
     match pattern {
         Pattern::NM { n, m } => {
             if cols % m != 0 {
-                invalid!(Pattern, "{n}:{m} does not divide the input dimension {cols}");
+                invalid!(
+                    Pattern,
+                    "{n}:{m} does not divide the input dimension {cols}"
+                );
             }
             mask.par_chunks_mut(m)
                 .zip(scores.par_chunks(m))
@@ -334,7 +337,7 @@ mod tests {
 
     #[test]
     fn radix_select_matches_a_stable_sort() {
-        let mut rng = crate::tasks::calib::Rng::new(7);
+        let mut rng = crate::util::Rng::new(7);
         // Few distinct values (many ties), negative values and zeros of both signs.
         let vals = [-2.0f32, -0.0, 0.0, 0.5, 0.5, 1.0, 3.0, f32::MIN_POSITIVE];
         let layers: Vec<Vec<f32>> = (0..4)

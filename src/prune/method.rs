@@ -92,8 +92,8 @@ impl Method {
     }
 
     /// The relevance rule of a relevance method.
-    pub fn rule(self) -> Option<crate::lrp::rules::Rule> {
-        use crate::lrp::rules::Rule;
+    pub fn rule(self) -> Option<crate::relevance::rules::Rule> {
+        use crate::relevance::rules::Rule;
         match self {
             Method::Lrp => Some(Rule::Lrp { epsilon: None }),
             Method::Gradient => Some(Rule::Grad),

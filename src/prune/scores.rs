@@ -126,7 +126,7 @@ pub fn input_stats(
 ) -> Result<HashMap<String, InputStats>> {
     let mut stats = HashMap::new();
     for (i, s) in samples.iter().enumerate() {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let ids = Tensor::from_slice(s, (1, s.len()), &model.device)?;
         model.check_input(&ids)?;
         let ctx = model.attn_ctx(s.len())?;
@@ -160,7 +160,7 @@ pub fn replay_blocks(
     }
     let mut ctxs: HashMap<usize, crate::model::layers::AttnCtx> = HashMap::new();
     for bi in 0..model.blocks.len() {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let mut st: HashMap<String, InputStats> = HashMap::new();
         for h in &hs {
             let t = h.dims()[1];

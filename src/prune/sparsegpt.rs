@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn upper_cholesky_of_the_inverse() {
         let n = 5;
-        let mut rng = crate::tasks::calib::Rng::new(3);
+        let mut rng = crate::util::Rng::new(3);
         let x: Vec<f64> = (0..n * 9)
             .map(|_| (rng.below(1000) as f64 / 500.0) - 1.0)
             .collect();

@@ -3,8 +3,8 @@
 //! contributes nothing whatever its inputs. Architecture-neutral: the layers come from the
 //! block's `neuron_layers` and its attention.
 
-use crate::lrp::accum::LinearAcc;
 use crate::model::DecoderModel;
+use crate::relevance::accum::LinearAcc;
 use anyhow::Result;
 use candle_core::DType;
 use std::collections::HashMap;

@@ -10,6 +10,7 @@ use crate::error::{Kind, Tag};
 use crate::fail;
 use crate::model::weights::WeightStore;
 use crate::model::{self, DecoderModel};
+use crate::util::sha256_hex;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -101,9 +102,6 @@ pub struct Loaded {
     /// The tokenizer.json that was loaded (None for the built-in model).
     pub tokenizer_path: Option<PathBuf>,
 }
-
-// compat: remove once callers move (the hash lives in `crate::util` now).
-pub use crate::util::sha256_hex;
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let meta = std::fs::metadata(path)

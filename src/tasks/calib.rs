@@ -12,11 +12,9 @@
 
 use crate::data::{self, TextSource};
 use crate::fail;
+use crate::util::Rng;
 use anyhow::Result;
 use std::path::Path;
-
-// compat: remove once callers move (the RNG lives in `crate::util` now).
-pub use crate::util::Rng;
 
 /// How the samples were made (recorded in outputs).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -34,7 +34,7 @@ pub fn rank_task(
             target: prompts[i].target_id,
             foil: prompts[i].foil_id,
         },
-        crate::lrp::accum::Aggregation::Abs,
+        crate::relevance::accum::Aggregation::Abs,
         method,
         granularity,
         scope,
@@ -98,7 +98,7 @@ pub fn search(
     let mut curve: Vec<CurvePoint> = Vec::new();
     let mut evals = 0usize;
     let mut eval_at = |keep: f64, curve: &mut Vec<CurvePoint>| -> Result<(CurvePoint, Selection)> {
-        crate::io::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let sel = ranking.select(model, keep)?;
         let m = task::evaluate(&pruned(model, &sel.masks)?, eval)?;
         let p = CurvePoint {

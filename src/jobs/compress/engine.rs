@@ -1,14 +1,14 @@
 //! Pruning one model to one ratio: scores → masks → pruned weights (optionally reconstructed
 //! by OBS). Shared by `compress` (one ratio) and `sweep` (one scoring, many ratios).
 
-use crate::lrp::accum::{Accumulators, Aggregation};
+use crate::invalid;
 use crate::lrp::file::RelevanceFile;
 use crate::lrp::{self, Target};
 use crate::model::DecoderModel;
 use crate::prune::mask::{self, Pattern, Scope};
 use crate::prune::method::Method;
 use crate::prune::{apply_mask, scores};
-use crate::invalid;
+use crate::relevance::accum::{Accumulators, Aggregation};
 use anyhow::Result;
 use std::collections::HashMap;
 

@@ -3,12 +3,12 @@
 //! scale, and remove the components that matter to the undesired behaviour but not to general
 //! text.
 
-use crate::lrp::accum::Aggregation;
 use crate::lrp::Target;
 use crate::model::DecoderModel;
 use crate::prune::method::Method;
 use crate::prune::ranking::{rank, AttrRun, Ranking};
 use crate::prune::structured::Granularity;
+use crate::relevance::accum::Aggregation;
 use anyhow::Result;
 
 /// What the two sets' relevance explains, and how it is summed.
