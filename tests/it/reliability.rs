@@ -2,9 +2,9 @@
 //! exactly; SIGTERM/SIGINT stop a run with exit code 130, leave no output and no temporary
 //! files (a checkpoint where one was asked for); the memory guard.
 
-mod common;
+use crate::common;
 
-use common::bin;
+use crate::common::bin;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! 1e-4 · max|reference| of that tensor, for the `last`, `next_token` and `grad` modes, in both
 //! memory modes.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use sparc3::lrp::accum::{Accumulators, Aggregation};

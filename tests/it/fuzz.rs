@@ -5,7 +5,7 @@
 //! for a bounded time with many more. Failures proptest finds are saved under
 //! `proptest-regressions/` and replayed first on every run.
 
-mod common;
+use crate::common;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};

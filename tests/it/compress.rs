@@ -5,9 +5,9 @@
 //! `--layers` limits pruning; runs are deterministic; bad input fails cleanly (documented exit
 //! code, one `error:` line, nothing on stdout, nothing written, inputs untouched).
 
-mod common;
+use crate::common;
 
-use common::{assert_error, Run};
+use crate::common::{assert_error, Run};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

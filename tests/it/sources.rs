@@ -1,6 +1,6 @@
 //! Model sources: sharded safetensors, the Hugging Face cache (offline), GGUF files.
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};

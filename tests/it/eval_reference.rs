@@ -1,7 +1,7 @@
 //! `sparc3 eval --json` against the perplexities measured with transformers (REFERENCE.json in
 //! each shared model folder).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

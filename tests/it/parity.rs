@@ -1,7 +1,7 @@
 //! Logit parity with the transformers goldens (shared/golden/<model>.safetensors) and the
 //! parameter counts stated in shared/README.md.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use sparc3::source::{load, ModelRequest};

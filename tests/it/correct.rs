@@ -1,9 +1,9 @@
 //! `sparc3 correct`: the sweep on the built-in model with RealToxicityPrompts records,
 //! determinism, reproduction from the saved mask, plain-text sets, and bad input.
 
-mod common;
+use crate::common;
 
-use common::{assert_error, data, run_bin, run_bin_env};
+use crate::common::{assert_error, data, run_bin, run_bin_env};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! `sparc3 circuit`: IOI generation, the search on a real model (SmolLM2), reproducing a
 //! reported circuit from its saved mask, task files, and bad input.
 
-mod common;
+use crate::common;
 
-use common::{assert_error, data, model_dir, run_bin, run_bin_env};
+use crate::common::{assert_error, data, model_dir, run_bin, run_bin_env};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;

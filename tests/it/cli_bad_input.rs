@@ -2,10 +2,10 @@
 //! panic's 101), prints exactly one `error:` line on stderr naming the culprit, and nothing on
 //! stdout. Inputs are never modified.
 
-mod common;
+use crate::common;
 
+use crate::common::{assert_error, Run};
 use candle_core::{Device, Tensor};
-use common::{assert_error, Run};
 use std::collections::HashMap;
 use std::path::PathBuf;
 

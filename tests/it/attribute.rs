@@ -3,9 +3,9 @@
 //! repeats, thread counts and memory modes, and bad inputs fail cleanly (documented exit code,
 //! one `error:` line, nothing on stdout, no output or temp file left behind, inputs untouched).
 
-mod common;
+use crate::common;
 
-use common::{assert_error, Run};
+use crate::common::{assert_error, Run};
 use sparc3::lrp::file::RelevanceFile;
 use std::path::{Path, PathBuf};
 

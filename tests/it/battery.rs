@@ -4,10 +4,10 @@
 //! on stdout, leave no output or temporary file behind, and leave every input byte-identical.
 //! (Unreadable-permission cases are not here: the test user may be root, which reads anything.)
 
-mod common;
+use crate::common;
 
+use crate::common::{run_bin, Run};
 use candle_core::{Device, Tensor};
-use common::{run_bin, Run};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
