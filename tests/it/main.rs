@@ -14,5 +14,6 @@ mod eval_reference;
 mod fuzz;
 mod lrp_parity;
 mod parity;
+mod pins;
 mod reliability;
 mod sources;
