@@ -2,9 +2,7 @@
 //! exactly; SIGTERM/SIGINT stop a run with exit code 130, leave no output and no temporary
 //! files (a checkpoint where one was asked for); the memory guard.
 
-mod common;
-
-use common::bin;
+use crate::common::{self, bin, BROKEN_PIPE, INPUT, INTERRUPTED, RESOURCE};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,7 +157,7 @@ fn sigterm_stops_with_130_a_checkpoint_and_no_output() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     signal(&child, "-TERM");
     let (code, err) = finish(child);
-    assert_eq!(code, Some(130), "{err}");
+    assert_eq!(code, Some(INTERRUPTED), "{err}");
     let last = err.lines().last().unwrap_or("");
     assert!(last.starts_with("error: interrupted"), "{err}");
     assert!(last.contains("--resume"), "{err}");
@@ -168,7 +166,7 @@ fn sigterm_stops_with_130_a_checkpoint_and_no_output() {
     assert!(leftovers(tmp.path()).is_empty());
     // Resuming a different run is refused.
     let o = out.to_string_lossy().into_owned();
-    let r = common::run_bin(&[
+    let r = common::run(&[
         "attribute",
         "--samples",
         "160",
@@ -178,7 +176,7 @@ fn sigterm_stops_with_130_a_checkpoint_and_no_output() {
         &o,
         "--resume",
     ]);
-    common::assert_error(&r, 3, &["checkpoint", "different run"]);
+    common::assert_error(&r, INPUT, &["checkpoint", "different run"]);
     // The same run resumes and finishes.
     let (code, err) = finish(long_attribute(&out, &["--resume"]));
     assert_eq!(code, Some(0), "{err}");
@@ -194,7 +192,7 @@ fn sigint_during_compress_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     signal(&child, "-INT");
     let (code, err) = finish(child);
-    assert_eq!(code, Some(130), "{err}");
+    assert_eq!(code, Some(INTERRUPTED), "{err}");
     assert!(
         err.lines()
             .last()
@@ -220,9 +218,9 @@ fn memory_guard_names_the_need_and_the_flags() {
         .into_owned();
     // OPT's learned positions cap demo-opt's sequence; a huge vocabulary × seq_len is not
     // needed: the estimate for SmolLM2 at 8192 tokens in store mode exceeds any test machine.
-    let m = common::model_dir("smollm2-135m").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let m = common::smollm2();
     let data = common::data("wikitext-2-raw/wiki.test.joined.txt");
-    let r = common::run_bin(&[
+    let r = common::run(&[
         "attribute",
         "--model",
         &m.to_string_lossy(),
@@ -237,7 +235,7 @@ fn memory_guard_names_the_need_and_the_flags() {
         "--out",
         &o,
     ]);
-    common::assert_error(&r, 5, &["GiB", "--memory recompute", "--force"]);
+    common::assert_error(&r, RESOURCE, &["GiB", "--memory recompute", "--force"]);
     assert!(!Path::new(&o).exists());
 }
 
@@ -288,14 +286,7 @@ fn killed_and_resumed_compress_writes_the_same_model() {
 #[test]
 fn killed_and_resumed_correction_gives_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
-    let text =
-        std::fs::read_to_string(common::data("toxicity/rtp_decodingtrust_toxic.jsonl")).unwrap();
-    let set = tmp.path().join("toxic.jsonl");
-    std::fs::write(
-        &set,
-        text.lines().take(240).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
+    let set = common::toxic_subset(tmp.path(), 240);
     let s = set.to_string_lossy().into_owned();
     let run = |out: &Path, extra: &[&str]| -> Child {
         let o = out.to_string_lossy().into_owned();
@@ -351,9 +342,7 @@ fn killed_and_resumed_correction_gives_the_same_result() {
             "{f}"
         );
     }
-    let rep = |d: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(d.join("correct-report.json")).unwrap()).unwrap()
-    };
+    let rep = |d: &Path| common::read_json(&d.join("correct-report.json"));
     let (a, b) = (rep(&whole), rep(&resumed));
     assert_eq!(a["sweeps"][0]["points"], b["sweeps"][0]["points"]);
     assert_eq!(a["dense"], b["dense"]);
@@ -371,7 +360,7 @@ fn closed_stdout_is_a_quiet_broken_pipe_not_a_panic() {
         let mut child = spawn(&args);
         drop(child.stdout.take()); // the reader is gone before anything is printed
         let (code, stderr) = finish(child);
-        assert_eq!(code, Some(141), "{args:?}: {stderr}");
+        assert_eq!(code, Some(BROKEN_PIPE), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }

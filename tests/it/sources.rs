@@ -1,19 +1,12 @@
 //! Model sources: sharded safetensors, the Hugging Face cache (offline), GGUF files.
 
-mod common;
-
+use crate::common::{self, INPUT};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use sparc3::source::{load, ModelRequest, Origin};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn load_dir(p: &Path) -> sparc3::source::Loaded {
-    load(&ModelRequest::cpu(p.to_string_lossy()))
-        .unwrap_or_else(|e| panic!("loading {}: {e:#}", p.display()))
-}
 
 fn load_err(p: &Path) -> anyhow::Error {
     match load(&ModelRequest::cpu(p.to_string_lossy())) {
@@ -41,55 +34,13 @@ fn logits(l: &sparc3::source::Loaded, ids: &Tensor) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------------
 // Sharded safetensors
 
-const SHARDS: usize = 3;
-
-fn shard_name(i: usize) -> String {
-    format!("model-{:05}-of-{:05}.safetensors", i + 1, SHARDS)
-}
-
-/// demo-llama split into three shards plus an index, config and tokenizer.
-fn write_sharded(dst: &Path) -> Vec<String> {
-    let src = common::model_dir("demo-llama");
-    let tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    let per = names.len().div_ceil(SHARDS);
-    let mut weight_map = serde_json::Map::new();
-    for (i, chunk) in names.chunks(per).enumerate() {
-        let part: HashMap<String, Tensor> = chunk
-            .iter()
-            .map(|n| ((*n).clone(), tensors[*n].clone()))
-            .collect();
-        candle_core::safetensors::save(&part, dst.join(shard_name(i))).unwrap();
-        for n in chunk {
-            weight_map.insert((*n).clone(), serde_json::Value::String(shard_name(i)));
-        }
-    }
-    assert_eq!(
-        names.chunks(per).count(),
-        SHARDS,
-        "expected {SHARDS} non-empty shards"
-    );
-    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dst.join("model.safetensors.index.json"),
-        serde_json::to_string_pretty(&index).unwrap(),
-    )
-    .unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    (0..SHARDS).map(shard_name).collect()
-}
-
 #[test]
 fn sharded_checkpoint_matches_unsharded_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    write_sharded(tmp.path());
+    common::write_sharded("demo-llama", tmp.path(), 3);
     assert!(!tmp.path().join("model.safetensors").exists());
-    let sharded = load_dir(tmp.path());
-    let single = load_dir(&common::model_dir("demo-llama"));
+    let sharded = common::load(tmp.path());
+    let single = common::load_shared("demo-llama");
     assert!(
         sharded.origin.sharded(),
         "origin should say sharded: {:?}",
@@ -123,7 +74,7 @@ fn sharded_checkpoint_matches_unsharded_bit_for_bit() {
 #[test]
 fn sharded_checkpoint_with_missing_shard_names_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let shards = write_sharded(tmp.path());
+    let shards = common::write_sharded("demo-llama", tmp.path(), 3);
     std::fs::remove_file(tmp.path().join(&shards[1])).unwrap();
     let e = load_err(tmp.path());
     let msg = format!("{e:#}");
@@ -139,7 +90,7 @@ fn sharded_checkpoint_with_missing_shard_names_it() {
     );
     assert_eq!(
         sparc3::error::exit_code(&e),
-        3,
+        INPUT,
         "a missing shard is bad input (exit 3)"
     );
 }
@@ -191,8 +142,7 @@ fn hub_info(model: &str, env: &[(&str, &str)]) -> serde_json::Value {
         "sparc3 info --model {model} failed: {}",
         r.stderr
     );
-    let v: serde_json::Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", r.stdout));
+    let v = common::json_of(&r);
     assert_eq!(v["parameters"], 156_480, "{v}");
     assert_eq!(v["model"]["kind"], "hub", "{v}");
     assert_eq!(v["model"]["commit"], COMMIT, "{v}");
@@ -208,7 +158,7 @@ fn hub_cache_via_hf_hub_cache() {
     let v = hub_info("org/tiny", &offline_env("HF_HUB_CACHE", &c));
     assert_eq!(v["model"]["id"], "org/tiny@main", "{v}");
     // The same config as the plain directory.
-    let dir = load_dir(&common::model_dir("tiny-random-llama"));
+    let dir = common::load_shared("tiny-random-llama");
     assert_eq!(v["config_sha256"], dir.config_sha256.as_str());
 }
 
@@ -424,8 +374,8 @@ fn gguf_dir() -> (tempfile::TempDir, PathBuf) {
 fn gguf_f32_matches_safetensors() {
     let (tmp, path) = gguf_dir();
     assert!(!tmp.path().join("config.json").exists());
-    let g = load_dir(&path);
-    let s = load_dir(&common::model_dir("tiny-random-llama"));
+    let g = common::load(&path);
+    let s = common::load_shared("tiny-random-llama");
     assert!(matches!(g.origin, Origin::Gguf { .. }), "{:?}", g.origin);
     assert_eq!(g.config["model_type"], "llama");
     assert_eq!(
@@ -480,12 +430,12 @@ fn gguf_unsupported_quantization_is_reported() {
         msg.contains("model.gguf"),
         "error should name the file: {msg}"
     );
-    assert_eq!(sparc3::error::exit_code(&e), 3);
+    assert_eq!(sparc3::error::exit_code(&e), INPUT);
 
     // The binary prints it as one line, even with RUST_BACKTRACE=1 (candle attaches a backtrace).
     let p = path.to_string_lossy();
-    let r = common::run_bin(&["info", "--model", &p]);
-    common::assert_error(&r, 3, &["unsupported GGUF quantization", &p]);
+    let r = common::run(&["info", "--model", &p]);
+    common::assert_error(&r, INPUT, &["unsupported GGUF quantization", &p]);
 }
 
 #[test]
@@ -494,26 +444,20 @@ fn gguf_truncated_is_reported() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
     let p = path.to_string_lossy();
-    let r = common::run_bin(&["info", "--model", &p]);
-    common::assert_error(&r, 3, &[&p]);
+    let r = common::run(&["info", "--model", &p]);
+    common::assert_error(&r, INPUT, &[&p]);
     // Cut inside the header.
     std::fs::write(&path, &bytes[..40]).unwrap();
-    let r = common::run_bin(&["info", "--model", &p]);
-    common::assert_error(&r, 3, &[&p, "GGUF"]);
+    let r = common::run(&["info", "--model", &p]);
+    common::assert_error(&r, INPUT, &[&p, "GGUF"]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // SmolLM2-135M Q4_1 GGUF
 
-fn smollm2_gguf() -> PathBuf {
-    let p = common::model_dir("smollm2-135m").join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing", p.display());
-    p
-}
-
 #[test]
 fn smollm2_q4_1_gguf_loads() {
-    let l = load_dir(&smollm2_gguf());
+    let l = common::load(&common::smollm2());
     assert_eq!(l.model.parameter_count(), 134_515_008);
     assert_eq!(l.model.dims.layers, 30);
     assert_eq!(l.model.blocks.len(), 30);
@@ -543,14 +487,14 @@ fn smollm2_config_from_gguf_metadata_matches_config_json() {
     // The GGUF alone (a symlink) with its tokenizer: the config is derived from the metadata.
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("smollm2.gguf");
-    std::os::unix::fs::symlink(smollm2_gguf(), &link).unwrap();
+    std::os::unix::fs::symlink(common::smollm2(), &link).unwrap();
     std::fs::copy(
         common::model_dir("smollm2-135m").join("tokenizer.json"),
         tmp.path().join("tokenizer.json"),
     )
     .unwrap();
-    let meta = load_dir(&link);
-    let beside = load_dir(&smollm2_gguf());
+    let meta = common::load(&link);
+    let beside = common::load(&common::smollm2());
     assert_eq!(
         serde_json::to_value(&meta.model.dims).unwrap(),
         serde_json::to_value(&beside.model.dims).unwrap()

@@ -5,7 +5,7 @@
 //! for a bounded time with many more. Failures proptest finds are saved under
 //! `proptest-regressions/` and replayed first on every run.
 
-mod common;
+use crate::common;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -27,18 +27,12 @@ fn cases(n: u32) -> ProptestConfig {
 
 fn tiny() -> &'static sparc3::source::Loaded {
     static L: OnceLock<sparc3::source::Loaded> = OnceLock::new();
-    L.get_or_init(|| {
-        let d = common::model_dir("tiny-random-llama");
-        sparc3::source::load(&sparc3::source::ModelRequest::cpu(d.to_string_lossy())).unwrap()
-    })
+    L.get_or_init(|| common::load_shared("tiny-random-llama"))
 }
 
 fn tiny_opt() -> &'static sparc3::source::Loaded {
     static L: OnceLock<sparc3::source::Loaded> = OnceLock::new();
-    L.get_or_init(|| {
-        let d = common::model_dir("tiny-random-opt");
-        sparc3::source::load(&sparc3::source::ModelRequest::cpu(d.to_string_lossy())).unwrap()
-    })
+    L.get_or_init(|| common::load_shared("tiny-random-opt"))
 }
 
 /// Values a config field might hold: sane, zero, negative, huge, fractional, wrong types.

@@ -2,39 +2,35 @@
 //! panic's 101), prints exactly one `error:` line on stderr naming the culprit, and nothing on
 //! stdout. Inputs are never modified.
 
-mod common;
-
+use crate::common::{self, assert_error, Run, Sandbox, INPUT, USAGE};
 use candle_core::{Device, Tensor};
-use common::{assert_error, Run};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const INPUT: i32 = 3;
-const USAGE: i32 = 2;
-
-/// A temp dir with a copy of tiny-random-llama in `model/` and a short text in `text.txt`.
-struct Case {
-    tmp: tempfile::TempDir,
+/// A sandbox with a copy of tiny-random-llama in `model/` and a short text in `text.txt`.
+fn case() -> Sandbox {
+    let sb = Sandbox::with_model("tiny-random-llama");
+    // The first 4000 characters of the demo validation text: several 64-token windows.
+    common::demo_text(sb.root(), "text.txt", 4000);
+    sb
 }
 
-impl Case {
-    fn new() -> Case {
-        let tmp = tempfile::tempdir().unwrap();
-        common::copy_model("tiny-random-llama", &tmp.path().join("model"));
-        // The first 4000 characters of the demo validation text: several 64-token windows.
-        let text = std::fs::read_to_string(common::data("demo-corpus/valid.txt")).unwrap();
-        let cut: String = text.chars().take(4000).collect();
-        std::fs::write(tmp.path().join("text.txt"), cut).unwrap();
-        Case { tmp }
-    }
-    fn model(&self) -> PathBuf {
-        self.tmp.path().join("model")
-    }
+/// What the cases do with a `case()` sandbox.
+trait Case {
+    fn file(&self, name: &str) -> PathBuf;
+    fn text(&self) -> PathBuf;
+    fn eval(&self, extra: &[&str]) -> Run;
+    fn info(&self) -> Run;
+    fn edit_config(&self, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>));
+    fn edit_weights(&self, f: impl FnOnce(&mut HashMap<String, Tensor>));
+}
+
+impl Case for Sandbox {
     fn file(&self, name: &str) -> PathBuf {
         self.model().join(name)
     }
     fn text(&self) -> PathBuf {
-        self.tmp.path().join("text.txt")
+        self.path("text.txt")
     }
     /// `sparc3 eval --model MODEL --text TEXT --seq-len 64 --max-windows 2 EXTRA...`
     fn eval(&self, extra: &[&str]) -> Run {
@@ -52,11 +48,11 @@ impl Case {
             "2",
         ];
         args.extend_from_slice(extra);
-        common::run_bin(&args)
+        common::run(&args)
     }
     fn info(&self) -> Run {
         let m = self.model().to_string_lossy().into_owned();
-        common::run_bin(&["info", "--model", &m])
+        common::run(&["info", "--model", &m])
     }
     fn edit_config(&self, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
         common::edit_config(&self.file("config.json"), f);
@@ -72,10 +68,10 @@ impl Case {
 #[test]
 fn intact_copy_succeeds() {
     // The baseline every case below damages: it must work.
-    let c = Case::new();
+    let c = case();
     let r = c.eval(&["--json"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = common::json_of(&r);
     assert_eq!(v["windows"], 2);
     assert!(v["ppl"].as_f64().unwrap().is_finite());
     let r = c.info();
@@ -85,7 +81,7 @@ fn intact_copy_succeeds() {
 
 #[test]
 fn missing_config_json() {
-    let c = Case::new();
+    let c = case();
     std::fs::remove_file(c.file("config.json")).unwrap();
     assert_error(&c.eval(&[]), INPUT, &["config.json"]);
 }
@@ -93,7 +89,7 @@ fn missing_config_json() {
 #[test]
 fn unreadable_config_json() {
     use std::os::unix::fs::PermissionsExt;
-    let c = Case::new();
+    let c = case();
     let p = c.file("config.json");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
     if std::fs::read(&p).is_ok() {
@@ -109,14 +105,14 @@ fn unreadable_config_json() {
 
 #[test]
 fn config_json_invalid_json() {
-    let c = Case::new();
+    let c = case();
     std::fs::write(c.file("config.json"), "{\"model_type\": \"llama\",\n").unwrap();
     assert_error(&c.eval(&[]), INPUT, &["config.json", "JSON"]);
 }
 
 #[test]
 fn config_json_unsupported_model_type() {
-    let c = Case::new();
+    let c = case();
     c.edit_config(|m| {
         m.insert("model_type".into(), "gpt2".into());
     });
@@ -131,7 +127,7 @@ fn config_json_bad_hidden_size() {
         serde_json::json!("NaN"),
         serde_json::json!(64.5),
     ] {
-        let c = Case::new();
+        let c = case();
         c.edit_config(|m| {
             m.insert("hidden_size".into(), bad.clone());
         });
@@ -141,14 +137,14 @@ fn config_json_bad_hidden_size() {
 
 #[test]
 fn missing_model_safetensors() {
-    let c = Case::new();
+    let c = case();
     std::fs::remove_file(c.file("model.safetensors")).unwrap();
     assert_error(&c.eval(&[]), INPUT, &["model.safetensors"]);
 }
 
 #[test]
 fn truncated_model_safetensors() {
-    let c = Case::new();
+    let c = case();
     let p = c.file("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
@@ -167,7 +163,7 @@ fn truncated_model_safetensors() {
 
 #[test]
 fn safetensors_absurd_header_length() {
-    let c = Case::new();
+    let c = case();
     let p = c.file("model.safetensors");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
@@ -177,7 +173,7 @@ fn safetensors_absurd_header_length() {
 
 #[test]
 fn safetensors_shape_disagrees_with_config() {
-    let c = Case::new();
+    let c = case();
     let name = "model.layers.1.mlp.up_proj.weight";
     c.edit_weights(|t| {
         let w = t[name].narrow(0, 0, 100).unwrap();
@@ -198,7 +194,7 @@ fn safetensors_shape_disagrees_with_config() {
 
 #[test]
 fn weights_contain_nan() {
-    let c = Case::new();
+    let c = case();
     let name = "model.layers.0.self_attn.v_proj.weight";
     c.edit_weights(|t| {
         let mut v = t[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -217,80 +213,80 @@ fn weights_contain_nan() {
 
 #[test]
 fn missing_tokenizer_json() {
-    let c = Case::new();
+    let c = case();
     std::fs::remove_file(c.file("tokenizer.json")).unwrap();
     assert_error(&c.eval(&[]), INPUT, &["tokenizer.json"]);
 }
 
 #[test]
 fn unusable_tokenizer_json() {
-    let c = Case::new();
+    let c = case();
     std::fs::write(c.file("tokenizer.json"), "{\"model\": 3}").unwrap();
     assert_error(&c.eval(&[]), INPUT, &["tokenizer.json"]);
 }
 
 #[test]
 fn tokenizer_flag_is_a_directory() {
-    let c = Case::new();
-    let d = c.tmp.path().to_string_lossy().into_owned();
+    let c = case();
+    let d = c.root().to_string_lossy().into_owned();
     assert_error(&c.eval(&["--tokenizer", &d]), INPUT, &[&d, "directory"]);
 }
 
 #[test]
 fn text_is_a_directory() {
-    let c = Case::new();
+    let c = case();
     let m = c.model().to_string_lossy().into_owned();
-    let d = c.tmp.path().to_string_lossy().into_owned();
-    let r = common::run_bin(&["eval", "--model", &m, "--text", &d, "--seq-len", "64"]);
+    let d = c.root().to_string_lossy().into_owned();
+    let r = common::run(&["eval", "--model", &m, "--text", &d, "--seq-len", "64"]);
     assert_error(&r, INPUT, &[&d, "directory"]);
 }
 
 #[test]
 fn text_is_empty() {
-    let c = Case::new();
+    let c = case();
     std::fs::write(c.text(), "").unwrap();
     assert_error(&c.eval(&[]), INPUT, &["text.txt", "empty"]);
 }
 
 #[test]
 fn text_is_not_utf8() {
-    let c = Case::new();
+    let c = case();
     std::fs::write(c.text(), b"abc \xff\xfe def").unwrap();
     assert_error(&c.eval(&[]), INPUT, &["text.txt", "UTF-8"]);
 }
 
 #[test]
 fn text_shorter_than_one_window() {
-    let c = Case::new();
+    let c = case();
     std::fs::write(c.text(), "Once upon a time there was a tiny text.").unwrap();
     assert_error(&c.eval(&[]), INPUT, &["--seq-len 64", "window"]);
 }
 
 #[test]
 fn text_missing() {
-    let c = Case::new();
+    let c = case();
     std::fs::remove_file(c.text()).unwrap();
     assert_error(&c.eval(&[]), INPUT, &["text.txt"]);
 }
 
 #[test]
 fn seq_len_beyond_max_positions() {
-    let c = Case::new();
+    let c = case();
     // tiny-random-llama allows 256 positions.
     let m = c.model().to_string_lossy().into_owned();
     let t = c.text().to_string_lossy().into_owned();
-    let r = common::run_bin(&["eval", "--model", &m, "--text", &t, "--seq-len", "257"]);
+    let r = common::run(&["eval", "--model", &m, "--text", &t, "--seq-len", "257"]);
     assert_error(&r, USAGE, &["--seq-len 257", "256"]);
 }
 
 #[test]
 fn bad_numeric_flags() {
-    let c = Case::new();
+    let c = case();
     let m = c.model().to_string_lossy().into_owned();
     let t = c.text().to_string_lossy().into_owned();
-    let r = common::run_bin(&["eval", "--model", &m, "--text", &t, "--seq-len", "1"]);
+    let r = common::run(&["eval", "--model", &m, "--text", &t, "--seq-len", "1"]);
     assert_error(&r, USAGE, &["--seq-len"]);
-    let r = common::run_bin(&[
+    let r = common::run(&[
         "eval",
         "--model",
         &m,
@@ -307,40 +303,40 @@ fn bad_numeric_flags() {
 
 #[test]
 fn invalid_dtype() {
-    let c = Case::new();
+    let c = case();
     assert_error(&c.eval(&["--dtype", "f8"]), USAGE, &["--dtype", "f8"]);
 }
 
 #[test]
 fn invalid_device() {
-    let c = Case::new();
+    let c = case();
     assert_error(&c.eval(&["--device", "tpu"]), USAGE, &["--device", "tpu"]);
 }
 
 #[test]
 fn model_path_does_not_exist() {
-    let c = Case::new();
-    let missing = c.tmp.path().join("no-such-model");
+    let c = case();
+    let missing = c.root().join("no-such-model");
     let m = missing.to_string_lossy().into_owned();
     let t = c.text().to_string_lossy().into_owned();
-    let r = common::run_bin(&["eval", "--model", &m, "--text", &t, "--seq-len", "64"]);
+    let r = common::run(&["eval", "--model", &m, "--text", &t, "--seq-len", "64"]);
     assert_error(&r, INPUT, &[&m, "hub id"]);
-    let r = common::run_bin(&["info", "--model", "not-a-dir-or-hub-id"]);
+    let r = common::run(&["info", "--model", "not-a-dir-or-hub-id"]);
     assert_error(&r, INPUT, &["not-a-dir-or-hub-id"]);
 }
 
 #[test]
 fn model_file_that_is_not_gguf() {
-    let c = Case::new();
+    let c = case();
     let p = c.file("config.json").to_string_lossy().into_owned();
-    let r = common::run_bin(&["info", "--model", &p]);
+    let r = common::run(&["info", "--model", &p]);
     assert_error(&r, INPUT, &[&p, "GGUF"]);
 }
 
 #[test]
 fn failed_runs_leave_inputs_untouched() {
     // A run that fails late (after loading the model and reading the text) changes nothing.
-    let c = Case::new();
+    let c = case();
     std::fs::write(
         c.text(),
         "A text of a few dozen tokens, far fewer than one window of 256.\n",
@@ -350,7 +346,7 @@ fn failed_runs_leave_inputs_untouched() {
     let text_before = std::fs::read(c.text()).unwrap();
     let m = c.model().to_string_lossy().into_owned();
     let t = c.text().to_string_lossy().into_owned();
-    let r = common::run_bin(&["eval", "--model", &m, "--text", &t, "--seq-len", "256"]);
+    let r = common::run(&["eval", "--model", &m, "--text", &t, "--seq-len", "256"]);
     assert_error(&r, INPUT, &["--seq-len 256", "window"]);
     assert_eq!(common::snapshot_dir(&c.model()), before);
     assert_eq!(std::fs::read(c.text()).unwrap(), text_before);

@@ -3,7 +3,7 @@
 //! 1e-4 · max|reference| of that tensor, for the `last`, `next_token` and `grad` modes, in both
 //! memory modes.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use sparc3::lrp::{relevance_pass, MemoryMode, Target};
@@ -41,10 +41,7 @@ fn check(name: &str, what: &str, got: &Tensor, want: &Tensor, worst: &mut f32, f
 }
 
 fn parity(name: &str, mode: MemoryMode) {
-    let loaded = sparc3::source::load(&sparc3::source::ModelRequest::cpu(
-        common::model_dir(name).display().to_string(),
-    ))
-    .unwrap();
+    let loaded = common::load_shared(name);
     let model = &loaded.model;
     let g = load_golden(name);
     let ids = g["input_ids"].to_dtype(DType::U32).unwrap();

@@ -5,31 +5,17 @@
 //! `--layers` limits pruning; runs are deterministic; bad input fails cleanly (documented exit
 //! code, one `error:` line, nothing on stdout, nothing written, inputs untouched).
 
-mod common;
-
-use common::{assert_error, Run};
+use crate::common::{
+    self, assert_error, builtin_dir, command_args, json_of, listing, p, read_json, run, run_ok,
+    Sandbox, INPUT, OUTPUT, USAGE,
+};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const USAGE: i32 = 2;
-const INPUT: i32 = 3;
-const OUTPUT: i32 = 4;
-
 /// Small calibration for every method that needs one.
 const CALIB: &[&str] = &["--samples", "8", "--seq-len", "64"];
-
-fn p(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-/// The files the built-in model is made of (it is embedded from here).
-fn builtin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets")
-        .join("demo-llama")
-}
 
 fn input_dir(model: Option<&Path>) -> PathBuf {
     model.map_or_else(builtin_dir, Path::to_path_buf)
@@ -39,34 +25,9 @@ fn wikitext() -> PathBuf {
     common::data("wikitext-2-raw/wiki.test.raw")
 }
 
-fn run(args: &[String]) -> Run {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::run_bin(&a)
-}
-
-fn run_ok(args: &[String]) -> Run {
-    let r = run(args);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "sparc3 {args:?} failed ({:?}): {}",
-        r.code,
-        r.stderr
-    );
-    r
-}
-
 /// `compress [--model M] EXTRA... --out OUT`.
 fn compress_args(model: Option<&Path>, extra: &[&str], out: &Path) -> Vec<String> {
-    let mut v = vec!["compress".to_string()];
-    if let Some(m) = model {
-        v.push("--model".into());
-        v.push(p(m));
-    }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v.push("--out".into());
-    v.push(p(out));
-    v
+    command_args("compress", model, extra, out)
 }
 
 /// Run `compress ... --json` successfully; the printed report must be the one written.
@@ -74,19 +35,13 @@ fn compress_ok(model: Option<&Path>, extra: &[&str], out: &Path) -> Value {
     let mut args = compress_args(model, extra, out);
     args.push("--json".into());
     let r = run_ok(&args);
-    let printed: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("--json stdout is not JSON ({e}): {}", r.stdout));
+    let printed = json_of(&r);
     let written = read_json(&out.join("sparc3-report.json"));
     assert_eq!(
         printed, written,
         "printed report differs from sparc3-report.json"
     );
     written
-}
-
-fn read_json(path: &Path) -> Value {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_slice(&b).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -644,8 +599,7 @@ fn eval_ppl(model: &Path, text: Option<&Path>, seq_len: usize, windows: usize) -
         windows.to_string(),
         "--json".into(),
     ]);
-    let r = run_ok(&a);
-    let v: Value = serde_json::from_str(&r.stdout).expect("eval --json");
+    let v = json_of(&run_ok(&a));
     assert_eq!(v["windows"], windows, "eval windows");
     v["ppl"].as_f64().expect("ppl")
 }
@@ -659,13 +613,7 @@ fn assert_rel(what: &str, a: f64, b: f64, rel: f64) {
 }
 
 fn info_json(model: &Path) -> Value {
-    let r = run_ok(&[
-        "info".to_string(),
-        "--model".into(),
-        p(model),
-        "--json".into(),
-    ]);
-    serde_json::from_str(&r.stdout).expect("info --json")
+    json_of(&run_ok(&["info", "--model", &p(model), "--json"]))
 }
 
 #[test]
@@ -767,51 +715,11 @@ fn builtin_model_is_evaluated_on_its_text_and_the_output_reproduces_it() {
     assert!(out.join("config.json").is_file());
 }
 
-const SHARDS: usize = 2;
-
-fn shard_name(i: usize) -> String {
-    format!("model-{:05}-of-{:05}.safetensors", i + 1, SHARDS)
-}
-
-/// tiny-random-llama split into two shards plus an index (as tests/sources.rs does).
-fn write_sharded(dst: &Path) {
-    use candle_core::{Device, Tensor};
-    use std::collections::HashMap;
-    let src = common::model_dir("tiny-random-llama");
-    std::fs::create_dir_all(dst).unwrap();
-    let tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    let per = names.len().div_ceil(SHARDS);
-    let mut map = serde_json::Map::new();
-    for (i, chunk) in names.chunks(per).enumerate() {
-        let part: HashMap<String, Tensor> = chunk
-            .iter()
-            .map(|n| ((*n).clone(), tensors[*n].clone()))
-            .collect();
-        candle_core::safetensors::save(&part, dst.join(shard_name(i))).unwrap();
-        for n in chunk {
-            map.insert((*n).clone(), Value::String(shard_name(i)));
-        }
-    }
-    assert_eq!(names.chunks(per).count(), SHARDS);
-    let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(
-        dst.join("model.safetensors.index.json"),
-        serde_json::to_string_pretty(&index).unwrap(),
-    )
-    .unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-}
-
 #[test]
 fn sharded_input_gives_sharded_output_with_the_same_shard_names() {
     let tmp = tempfile::tempdir().unwrap();
     let sharded = tmp.path().join("sharded");
-    write_sharded(&sharded);
+    let shards = common::write_sharded("tiny-random-llama", &sharded, 2);
     let w = p(&wikitext());
     let extra = [
         "--method",
@@ -830,7 +738,7 @@ fn sharded_input_gives_sharded_output_with_the_same_shard_names() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".safetensors"))
         .collect();
-    let expected: BTreeSet<String> = (0..SHARDS).map(shard_name).collect();
+    let expected: BTreeSet<String> = shards.into_iter().collect();
     assert_eq!(files, expected, "the output's weight files");
     assert!(!out.join("model.safetensors").exists());
     assert_eq!(
@@ -876,6 +784,63 @@ fn attribute(model: &Path, extra: &[&str], out: &Path) {
     run_ok(&a);
 }
 
+/// `compress --method METHOD --scores FILE` on tiny-random-llama: the file's relevance is used
+/// as is (lowest |relevance| per row), and gives the same model and mask as attributing the
+/// same samples inside compress.
+fn check_reused_scores(tmp: &Path, llama: &Path, method: &str, file: &Path) {
+    let f = p(file);
+    let reused = tmp.join(format!("{method}-reused"));
+    let pr = prune(
+        method,
+        Some(llama),
+        &["--method", method, "--scores", &f],
+        &reused,
+    );
+    assert_per_row(method, &pr.mask, |c| floor(c, 0.5));
+    assert_eq!(pr.report["scores_file"], f);
+    assert_eq!(pr.report["aggregation"], "token_sq");
+    assert!(
+        pr.report["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("next-token-logprob")),
+        "{}",
+        pr.report["target"]
+    );
+    assert!(
+        pr.report["calibration"].is_null(),
+        "no calibration with --scores"
+    );
+    // The reused file's protocol travels into the report.
+    let sp = &pr.report["scores_protocol"];
+    assert_eq!(sp["samples"], sp["samples_total"], "{sp}");
+    assert!(sp["samples"].as_u64().unwrap() > 0, "{sp}");
+    assert!(sp["rule"].is_string(), "{sp}");
+    assert!(
+        sp["data_sha256"].as_str().is_some_and(|h| h.len() == 64),
+        "{sp}"
+    );
+    // Lowest |relevance| per row.
+    let rel = read_st(file);
+    for (name, (shape, m)) in &pr.mask {
+        let s = abs(&rel[name].f32s());
+        for (r, (sr, mr)) in s.chunks(shape[1]).zip(m.chunks(shape[1])).enumerate() {
+            assert_lowest(&format!("{method} {name} row {r}"), sr, mr);
+        }
+    }
+    // The same samples attributed inside compress give the same model (8 samples: the mean
+    // is an exact division).
+    let mut extra = vec!["--method", method];
+    extra.extend_from_slice(CALIB);
+    let fresh = tmp.join(format!("{method}-fresh"));
+    prune(method, Some(llama), &extra, &fresh);
+    for f in ["model.safetensors", "mask.safetensors"] {
+        assert!(
+            std::fs::read(reused.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(),
+            "{method}: {f} from --scores differs from a fresh attribution"
+        );
+    }
+}
+
 #[test]
 fn scores_from_attribute_are_reused_and_checked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -899,57 +864,7 @@ fn scores_from_attribute_are_reused_and_checked() {
     attribute(&opt, &[], &opt_lrp);
 
     for (method, file) in [("lrp", &lrp), ("gradient", &grad)] {
-        let f = p(file);
-        let reused = tmp.path().join(format!("{method}-reused"));
-        let pr = prune(
-            method,
-            Some(&llama),
-            &["--method", method, "--scores", &f],
-            &reused,
-        );
-        assert_per_row(method, &pr.mask, |c| floor(c, 0.5));
-        assert_eq!(pr.report["scores_file"], f);
-        assert_eq!(pr.report["aggregation"], "token_sq");
-        assert!(
-            pr.report["target"]
-                .as_str()
-                .is_some_and(|t| t.contains("next-token-logprob")),
-            "{}",
-            pr.report["target"]
-        );
-        assert!(
-            pr.report["calibration"].is_null(),
-            "no calibration with --scores"
-        );
-        // The reused file's protocol travels into the report.
-        let sp = &pr.report["scores_protocol"];
-        assert_eq!(sp["samples"], sp["samples_total"], "{sp}");
-        assert!(sp["samples"].as_u64().unwrap() > 0, "{sp}");
-        assert!(sp["rule"].is_string(), "{sp}");
-        assert!(
-            sp["data_sha256"].as_str().is_some_and(|h| h.len() == 64),
-            "{sp}"
-        );
-        // Lowest |relevance| per row.
-        let rel = read_st(file);
-        for (name, (shape, m)) in &pr.mask {
-            let s = abs(&rel[name].f32s());
-            for (r, (sr, mr)) in s.chunks(shape[1]).zip(m.chunks(shape[1])).enumerate() {
-                assert_lowest(&format!("{method} {name} row {r}"), sr, mr);
-            }
-        }
-        // The same samples attributed inside compress give the same model (8 samples: the mean
-        // is an exact division).
-        let mut extra = vec!["--method", method];
-        extra.extend_from_slice(CALIB);
-        let fresh = tmp.path().join(format!("{method}-fresh"));
-        prune(method, Some(&llama), &extra, &fresh);
-        for f in ["model.safetensors", "mask.safetensors"] {
-            assert!(
-                std::fs::read(reused.join(f)).unwrap() == std::fs::read(fresh.join(f)).unwrap(),
-                "{method}: {f} from --scores differs from a fresh attribution"
-            );
-        }
+        check_reused_scores(tmp.path(), &llama, method, file);
     }
 
     // A file of another target and aggregation is used as it is, with a note saying so.
@@ -1164,41 +1079,34 @@ fn names(t: &[(String, Option<Vec<u8>>)]) -> Vec<&str> {
 
 /// A scratch folder with a copy of tiny-random-llama (`model/`), calibration files and an
 /// empty spot for `--out`.
-struct Sandbox {
-    tmp: tempfile::TempDir,
+fn sandbox() -> Sandbox {
+    let sb = Sandbox::with_model("tiny-random-llama");
+    common::write_file(
+        sb.root(),
+        "short.txt",
+        "Once upon a time there was a cat.\n",
+    );
+    common::write_file(sb.root(), "empty.txt", "");
+    sb
 }
 
-impl Sandbox {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        common::copy_model("tiny-random-llama", &tmp.path().join("model"));
-        std::fs::write(
-            tmp.path().join("short.txt"),
-            "Once upon a time there was a cat.\n",
-        )
-        .unwrap();
-        std::fs::write(tmp.path().join("empty.txt"), "").unwrap();
-        Sandbox { tmp }
-    }
+/// Refused `compress` runs in a `sandbox()`.
+trait Refuse {
+    fn refuse(&self, args: &[String], code: i32, needles: &[&str]);
+    fn refuse_out(&self, extra: &[&str], code: i32, needles: &[&str]);
+}
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
-    }
-
-    fn model(&self) -> PathBuf {
-        self.path("model")
-    }
-
+impl Refuse for Sandbox {
     /// Run `compress --model model/ ARGS` (ARGS include --out) and expect a clean refusal that
     /// leaves the whole sandbox as it was.
     fn refuse(&self, args: &[String], code: i32, needles: &[&str]) {
-        let before = common::tree(self.tmp.path());
+        let before = self.tree();
         let mut a = vec!["compress".to_string(), "--model".into(), p(&self.model())];
         a.extend_from_slice(args);
         let r = run(&a);
         println!("sparc3 {a:?}");
         assert_error(&r, code, needles);
-        let after = common::tree(self.tmp.path());
+        let after = self.tree();
         assert_eq!(
             names(&after),
             names(&before),
@@ -1223,7 +1131,7 @@ fn strs(v: &[&str]) -> Vec<String> {
 
 #[test]
 fn ratio_outside_zero_one_is_refused() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     for r in ["0", "1", "1.5", "nan", "0.0"] {
         sb.refuse_out(
             &["--method", "magnitude", "--ratio", r],
@@ -1245,7 +1153,7 @@ fn ratio_outside_zero_one_is_refused() {
 
 #[test]
 fn negative_ratio_as_separate_argument_names_the_ratio() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     sb.refuse_out(
         &["--method", "magnitude", "--ratio", "-0.1"],
         USAGE,
@@ -1255,7 +1163,7 @@ fn negative_ratio_as_separate_argument_names_the_ratio() {
 
 #[test]
 fn bad_patterns_are_refused_naming_the_problem() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     // hidden 64 is not divisible by 3.
     for m in ["magnitude", "wanda", "lrp"] {
         let mut e = vec!["--method", m, "--pattern", "2:3"];
@@ -1282,7 +1190,7 @@ fn bad_patterns_are_refused_naming_the_problem() {
 
 #[test]
 fn out_equal_to_the_model_directory_is_refused_even_with_force() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let m = p(&sb.model());
     for out in [
         m.clone(),
@@ -1302,7 +1210,7 @@ fn out_equal_to_the_model_directory_is_refused_even_with_force() {
 
 #[test]
 fn out_inside_the_model_directory_is_refused() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let out = sb.model().join("pruned");
     sb.refuse(
         &strs(&["--method", "magnitude", "--out", &p(&out)]),
@@ -1334,7 +1242,7 @@ fn force_onto_a_folder_holding_the_model_keeps_the_model() {
 
 #[test]
 fn existing_out_and_unwritable_out_are_refused() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let out = sb.path("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
@@ -1364,7 +1272,7 @@ fn existing_out_and_unwritable_out_are_refused() {
 
 #[test]
 fn unusable_calibration_text_is_refused() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let short = p(&sb.path("short.txt"));
     let empty = p(&sb.path("empty.txt"));
     let missing = p(&sb.path("missing.txt"));
@@ -1426,7 +1334,7 @@ fn unusable_calibration_text_is_refused() {
 
 #[test]
 fn bad_layers_regex_and_unsupported_combinations_are_refused() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     for m in ["magnitude", "lrp"] {
         let mut e = vec!["--method", m];
         e.extend_from_slice(CALIB);
@@ -1455,7 +1363,7 @@ fn bad_layers_regex_and_unsupported_combinations_are_refused() {
 
 #[test]
 fn bad_out_dtype_names_its_flag() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     sb.refuse_out(
         &["--method", "magnitude", "--out-dtype", "f8"],
         USAGE,
@@ -1465,7 +1373,7 @@ fn bad_out_dtype_names_its_flag() {
 
 #[test]
 fn too_long_eval_seq_len_names_its_flag() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let w = p(&wikitext());
     sb.refuse_out(
         &[
@@ -1483,15 +1391,6 @@ fn too_long_eval_seq_len_names_its_flag() {
 
 // ---------------------------------------------------------------------------------------------
 // 9. No temporary entries left; --force replaces the whole folder
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn successful_runs_leave_no_temporary_entries_and_force_replaces_everything() {
@@ -1657,7 +1556,7 @@ fn sweep_points_equal_separate_compress_runs_and_the_chart_is_written() {
     ]);
     args.extend(strs(CALIB));
     let r = run_ok(&args);
-    let printed: Value = serde_json::from_str(&r.stdout).unwrap();
+    let printed = json_of(&r);
     let rep = read_json(&out.join("sweep-report.json"));
     assert_eq!(printed, rep);
     let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();

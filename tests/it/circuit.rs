@@ -1,32 +1,12 @@
 //! `sparc3 circuit`: IOI generation, the search on a real model (SmolLM2), reproducing a
 //! reported circuit from its saved mask, task files, and bad input.
 
-mod common;
-
-use common::{assert_error, data, model_dir, run_bin, run_bin_env};
-use serde_json::Value;
+use crate::common::{self, assert_error, data, model_dir, p, run, run_json, INPUT, USAGE};
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
-
-const USAGE: i32 = 2;
-const INPUT: i32 = 3;
 
 fn smollm2() -> String {
-    model_dir("smollm2-135m")
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn run_long(args: &[&str]) -> common::Run {
-    let r = run_bin_env(args, &[("HF_HUB_OFFLINE", "1")], Duration::from_secs(900));
-    assert_eq!(r.code, Some(0), "sparc3 {args:?} failed: {}", r.stderr);
-    r
-}
-
-fn json_of(r: &common::Run) -> Value {
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+    p(&common::smollm2())
 }
 
 #[test]
@@ -90,7 +70,7 @@ fn smollm2_weight_circuit_is_reproduced_from_its_mask() {
     let mut args = vec!["circuit"];
     args.extend(common_args);
     args.extend(["--method", "lrp,wanda", "--out", &o, "--json"]);
-    let rep = json_of(&run_long(&args));
+    let rep = run_json(&args);
     let dense = rep["dense"]["accuracy"].as_f64().unwrap();
     assert!(dense >= 0.75, "SmolLM2 solves IOI: {dense}");
     assert_eq!(rep["task"]["evaluation_prompts"], 48);
@@ -140,7 +120,7 @@ fn smollm2_weight_circuit_is_reproduced_from_its_mask() {
         let mut args = vec!["circuit"];
         args.extend(common_args);
         args.extend(["--mask", &mp, "--json"]);
-        let again = json_of(&run_long(&args));
+        let again = run_json(&args);
         assert_eq!(again["dense"], rep["dense"]);
         assert_eq!(again["circuit"]["accuracy"], c["accuracy"], "{name}");
         assert_eq!(again["circuit"]["logit_diff"], c["logit_diff"], "{name}");
@@ -156,7 +136,7 @@ fn smollm2_head_and_neuron_circuits() {
     for (g, units) in [("head", 270u64), ("neuron", 30 * 1536)] {
         let out = tmp.path().join(g);
         let o = out.to_string_lossy().into_owned();
-        let rep = json_of(&run_long(&[
+        let rep = run_json(&[
             "circuit",
             "--model",
             &m,
@@ -171,7 +151,7 @@ fn smollm2_head_and_neuron_circuits() {
             "--out",
             &o,
             "--json",
-        ]));
+        ]);
         let meth = &rep["methods"][0];
         let c = &meth["circuit"];
         let kept = c["kept_components"].as_u64().unwrap();
@@ -203,8 +183,7 @@ fn smollm2_head_and_neuron_circuits() {
 /// A task the built-in demo model solves by construction: its own top token against a
 /// lower-ranked one, both single tokens. Returns the JSONL text.
 fn demo_task(n: usize) -> String {
-    let loaded =
-        sparc3::source::load(&sparc3::source::ModelRequest::cpu("builtin:demo-llama")).unwrap();
+    let loaded = common::load(Path::new("builtin:demo-llama"));
     let tok = &loaded.tokenizer;
     let text = std::fs::read_to_string(data("demo-corpus/valid.txt")).unwrap();
     let one = |id: u32| -> Option<String> {
@@ -260,7 +239,7 @@ fn task_file_on_the_demo_model_with_saved_model() {
     std::fs::write(&task, demo_task(48)).unwrap();
     let out = tmp.path().join("c");
     let (t, o) = (task.to_string_lossy(), out.to_string_lossy());
-    let rep = json_of(&run_long(&[
+    let rep = run_json(&[
         "circuit",
         "--task",
         &t,
@@ -276,13 +255,13 @@ fn task_file_on_the_demo_model_with_saved_model() {
         "--out",
         &o,
         "--json",
-    ]));
+    ]);
     assert_eq!(rep["dense"]["accuracy"], 1.0);
     assert_eq!(rep["task"]["name"], "task");
     // The saved model is the original with the circuit's mask applied, and loads back.
     let saved = out.join("model-lrp");
     assert!(saved.join("config.json").is_file() && saved.join("model.safetensors").is_file());
-    let r = run_bin(&[
+    let r = run(&[
         "eval",
         "--model",
         &saved.to_string_lossy(),
@@ -295,7 +274,7 @@ fn task_file_on_the_demo_model_with_saved_model() {
     ]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let mp = out.join("mask-lrp.safetensors");
-    let again = json_of(&run_long(&[
+    let again = run_json(&[
         "circuit",
         "--task",
         &t,
@@ -306,14 +285,14 @@ fn task_file_on_the_demo_model_with_saved_model() {
         "--mask",
         &mp.to_string_lossy(),
         "--json",
-    ]));
+    ]);
     assert_eq!(
         again["circuit"]["accuracy"],
         rep["methods"][0]["circuit"]["accuracy"]
     );
     // Bit-identical with one thread, and through a checkpointed run.
     let out1 = tmp.path().join("c1");
-    let rep1 = json_of(&run_long(&[
+    let rep1 = run_json(&[
         "circuit",
         "--task",
         &t,
@@ -332,7 +311,7 @@ fn task_file_on_the_demo_model_with_saved_model() {
         "--out",
         &out1.to_string_lossy(),
         "--json",
-    ]));
+    ]);
     for (a, b) in rep1["methods"]
         .as_array()
         .unwrap()
@@ -365,7 +344,7 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
     let o = out.to_string_lossy().into_owned();
     let m = model_dir("demo-llama").to_string_lossy().into_owned();
     let case = |task: &Path, code: i32, needles: &[&str]| {
-        let r = run_bin(&[
+        let r = run(&[
             "circuit",
             "--model",
             &m,
@@ -409,11 +388,11 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
     case(&same, INPUT, &["same token"]);
     case(tmp.path(), INPUT, &["directory"]);
     for k in ["0", "1.5", "-0.2", "nan"] {
-        let r = run_bin(&["circuit", "--keep-metric", k, "--out", &o]);
+        let r = run(&["circuit", "--keep-metric", k, "--out", &o]);
         assert_error(&r, USAGE, &["--keep-metric"]);
     }
     // The demo model does not solve IOI: say so rather than emit a meaningless circuit.
-    let r = run_bin(&[
+    let r = run(&[
         "circuit",
         "--samples",
         "8",
@@ -427,14 +406,14 @@ fn bad_task_input_fails_cleanly_and_writes_nothing() {
     let tiny = model_dir("tiny-random-llama")
         .to_string_lossy()
         .into_owned();
-    let r = run_bin(&["circuit", "--model", &tiny, "--out", &o]);
+    let r = run(&["circuit", "--model", &tiny, "--out", &o]);
     assert_error(&r, INPUT, &["names are one token"]);
     let bad_cfg = common::write_file(
         tmp.path(),
         "ioi.toml",
         "templates = [\"{A} and {B} went\"]\nnames = [\"Mary\"]\n",
     );
-    let r = run_bin(&[
+    let r = run(&[
         "circuit",
         "--task-config",
         &bad_cfg.to_string_lossy(),

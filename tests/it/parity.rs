@@ -1,17 +1,14 @@
 //! Logit parity with the transformers goldens (shared/golden/<model>.safetensors) and the
 //! parameter counts stated in shared/README.md.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
-use sparc3::source::{load, ModelRequest};
 
 const TOL: f32 = 1e-4;
 
 fn check(name: &str, expected_params: usize) {
-    let dir = common::model_dir(name);
-    let loaded = load(&ModelRequest::cpu(dir.to_string_lossy()))
-        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"));
+    let loaded = common::load_shared(name);
     assert_eq!(
         loaded.model.parameter_count(),
         expected_params,
@@ -73,8 +70,7 @@ fn cached_decoding_matches_the_full_forward() {
         "demo-llama",
         "demo-opt",
     ] {
-        let dir = common::model_dir(name);
-        let loaded = load(&ModelRequest::cpu(dir.to_string_lossy())).unwrap();
+        let loaded = common::load_shared(name);
         let m = &loaded.model;
         let g = candle_core::safetensors::load(common::golden(name), &Device::Cpu).unwrap();
         let ids = g["input_ids"].to_dtype(DType::U32).unwrap(); // [2, 16]

@@ -1,16 +1,12 @@
 //! `sparc3 eval --json` against the perplexities measured with transformers (REFERENCE.json in
 //! each shared model folder).
 
-mod common;
-
-use std::time::Duration;
+use crate::common;
 
 const REL_TOL: f64 = 1e-3;
 
 fn reference(model: &str) -> serde_json::Value {
-    let p = common::model_dir(model).join("REFERENCE.json");
-    serde_json::from_slice(&std::fs::read(&p).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    common::read_json(&common::model_dir(model).join("REFERENCE.json"))
 }
 
 fn num(v: &serde_json::Value, path: &str) -> f64 {
@@ -39,10 +35,7 @@ fn eval(model: &str, text: &str, seq_len: usize, max_windows: Option<usize>) -> 
     if let Some(m) = &mw {
         args.extend(["--max-windows", m]);
     }
-    let r = common::run_bin_env(&args, &[("HF_HUB_OFFLINE", "1")], Duration::from_secs(300));
-    assert_eq!(r.code, Some(0), "sparc3 {args:?} failed: {}", r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", r.stdout));
+    let v = common::run_json(&args);
     assert_eq!(v["seq_len"], seq_len);
     v
 }
@@ -165,7 +158,7 @@ fn demo_opt_valid() {
 #[test]
 fn smollm2_gguf_wikitext_16_windows() {
     let r = reference("smollm2-135m");
-    let gguf = common::model_dir("smollm2-135m").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = common::smollm2();
     let text = common::data("wikitext-2-raw/wiki.test.joined.txt");
     let got = eval(
         &gguf.to_string_lossy(),

@@ -3,57 +3,19 @@
 //! repeats, thread counts and memory modes, and bad inputs fail cleanly (documented exit code,
 //! one `error:` line, nothing on stdout, no output or temp file left behind, inputs untouched).
 
-mod common;
-
-use common::{assert_error, Run};
+use crate::common::{
+    self, assert_error, command_args, listing, p, run, run_ok, smollm2, Sandbox, INPUT, OUTPUT,
+    USAGE,
+};
 use sparc3::lrp::file::RelevanceFile;
 use std::path::{Path, PathBuf};
-
-const USAGE: i32 = 2;
-const INPUT: i32 = 3;
-const OUTPUT: i32 = 4;
 
 /// Relative tolerance: max |a − b| ≤ REL · max |a| for every tensor.
 const REL: f32 = 1e-6;
 
-const SMOLLM2: &str = "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn p(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn smollm2() -> PathBuf {
-    common::shared().join("models").join(SMOLLM2)
-}
-
-fn run(args: &[String]) -> Run {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::run_bin(&a)
-}
-
-fn run_ok(args: &[String]) -> Run {
-    let r = run(args);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "sparc3 {args:?} failed ({:?}): {}",
-        r.code,
-        r.stderr
-    );
-    r
-}
-
 /// `attribute [--model M] EXTRA... --out OUT`, as strings.
 fn attribute_args(model: Option<&Path>, extra: &[&str], out: &Path) -> Vec<String> {
-    let mut v = vec!["attribute".to_string()];
-    if let Some(m) = model {
-        v.push("--model".into());
-        v.push(p(m));
-    }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v.push("--out".into());
-    v.push(p(out));
-    v
+    command_args("attribute", model, extra, out)
 }
 
 /// Run `attribute` successfully and read the file it wrote.
@@ -73,16 +35,6 @@ fn merge(files: &[&Path], out: &Path) -> RelevanceFile {
 
 fn read(path: &Path) -> RelevanceFile {
     RelevanceFile::read(path).unwrap_or_else(|e| panic!("reading {}: {e:#}", path.display()))
-}
-
-/// Every entry of a folder (hidden ones included), sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -401,6 +353,44 @@ fn write_ids(path: &Path, records: &[Vec<u32>]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The mean of `parts` (every tensor but the token table), with `like`'s metadata.
+fn mean_of(parts: &[RelevanceFile], like: &RelevanceFile) -> RelevanceFile {
+    let mut mean = RelevanceFile {
+        meta: like.meta.clone(),
+        tensors: Default::default(),
+    };
+    for (name, (shape, _)) in &parts[0].tensors {
+        if name.starts_with("tokens.") {
+            continue;
+        }
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n)
+            .map(|j| {
+                (parts
+                    .iter()
+                    .map(|f| f.tensors[name].1[j] as f64)
+                    .sum::<f64>()
+                    / parts.len() as f64) as f32
+            })
+            .collect();
+        mean.tensors.insert(name.clone(), (shape.clone(), v));
+    }
+    mean
+}
+
+/// `f` without its token table.
+fn without_tokens(f: &RelevanceFile) -> RelevanceFile {
+    RelevanceFile {
+        meta: f.meta.clone(),
+        tensors: f
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("tokens."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
 #[test]
 fn ids_records_are_used_as_is() {
     let tmp = tempfile::tempdir().unwrap();
@@ -455,35 +445,8 @@ fn ids_records_are_used_as_is() {
         assert_eq!(one.tensors["tokens.ids"], (vec![1, cut.len()], ids));
         parts.push(one);
     }
-    let mut mean = RelevanceFile {
-        meta: a.meta.clone(),
-        tensors: Default::default(),
-    };
-    for (name, (shape, _)) in &parts[0].tensors {
-        if name.starts_with("tokens.") {
-            continue;
-        }
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n)
-            .map(|j| {
-                (parts
-                    .iter()
-                    .map(|f| f.tensors[name].1[j] as f64)
-                    .sum::<f64>()
-                    / 3.0) as f32
-            })
-            .collect();
-        mean.tensors.insert(name.clone(), (shape.clone(), v));
-    }
-    let a_weights = RelevanceFile {
-        meta: a.meta.clone(),
-        tensors: a
-            .tensors
-            .iter()
-            .filter(|(k, _)| !k.starts_with("tokens."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    };
+    let mean = mean_of(&parts, &a);
+    let a_weights = without_tokens(&a);
     let worst = assert_close("ids records vs per-record runs", &a_weights, &mean, REL);
     println!("ids records: worst relative difference to per-record mean {worst:e}");
 
@@ -630,36 +593,44 @@ fn memory_store_and_recompute_agree() {
 // 6. Bad input.
 // ---------------------------------------------------------------------------------------------
 
-/// Inputs in `in/`, outputs aimed at the empty `out/`.
-struct Bad {
-    tmp: tempfile::TempDir,
+/// A sandbox for refusals: inputs in `in/`, outputs aimed at the empty `out/`.
+fn bad() -> Sandbox {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path("in")).unwrap();
+    std::fs::create_dir(sb.path("out")).unwrap();
+    sb
 }
 
-impl Bad {
-    fn new() -> Bad {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir(tmp.path().join("in")).unwrap();
-        std::fs::create_dir(tmp.path().join("out")).unwrap();
-        Bad { tmp }
-    }
+/// What the bad-input tests do in a `bad()` sandbox.
+trait Bad {
+    fn input(&self, name: &str) -> PathBuf;
+    fn out_dir(&self) -> PathBuf;
+    fn out(&self) -> PathBuf;
+    fn write(&self, name: &str, text: &str) -> String;
+    fn refuse(&self, args: &[String], code: i32, needles: &[&str]);
+    fn attribute(&self, extra: &[&str], code: i32, needles: &[&str]);
+    fn shard(&self, name: &str, model: Option<&Path>, i: usize, extra: &[&str]) -> String;
+    fn merge(&self, files: &[&str], code: i32, needles: &[&str]);
+}
+
+impl Bad for Sandbox {
     fn input(&self, name: &str) -> PathBuf {
-        self.tmp.path().join("in").join(name)
+        self.path("in").join(name)
     }
     fn out_dir(&self) -> PathBuf {
-        self.tmp.path().join("out")
+        self.path("out")
     }
     fn out(&self) -> PathBuf {
         self.out_dir().join("rel.st")
     }
+    /// Write `in/NAME`; returns its path as an argument.
     fn write(&self, name: &str, text: &str) -> String {
-        let path = self.input(name);
-        std::fs::write(&path, text).unwrap();
-        p(&path)
+        p(&common::write_file(&self.path("in"), name, text))
     }
     /// `sparc3 ARGS` fails with `code` and an error line holding `needles`; `out/` and `in/`
     /// are exactly as before (no output, no temp file, inputs untouched).
     fn refuse(&self, args: &[String], code: i32, needles: &[&str]) {
-        let in_before = common::snapshot_dir(&self.tmp.path().join("in"));
+        let in_before = common::snapshot_dir(&self.path("in"));
         let out_before = listing(&self.out_dir());
         let r = run(args);
         assert_error(&r, code, needles);
@@ -669,7 +640,7 @@ impl Bad {
             "sparc3 {args:?} left files in the output folder"
         );
         assert!(
-            common::snapshot_dir(&self.tmp.path().join("in")) == in_before,
+            common::snapshot_dir(&self.path("in")) == in_before,
             "sparc3 {args:?} changed its inputs"
         );
     }
@@ -704,7 +675,7 @@ impl Bad {
 
 #[test]
 fn bad_data_files() {
-    let b = Bad::new();
+    let b = bad();
     let empty = b.write("empty.txt", "");
     b.attribute(
         &["--data", &empty, "--samples", "2", "--seq-len", "16"],
@@ -748,7 +719,7 @@ fn bad_data_files() {
 
 #[test]
 fn bad_ids_records() {
-    let b = Bad::new();
+    let b = bad();
     let short = b.write(
         "short_ids.jsonl",
         "{\"ids\": [0, 5, 9]}\n{\"ids\": [7]}\n{\"ids\": [1, 2, 3]}\n",
@@ -783,7 +754,7 @@ fn bad_ids_records() {
 
 #[test]
 fn ids_outside_the_vocabulary() {
-    let b = Bad::new();
+    let b = bad();
     let big = b.write(
         "big_ids.jsonl",
         "{\"ids\": [0, 5, 9]}\n{\"ids\": [1, 2, 2048]}\n",
@@ -797,7 +768,7 @@ fn ids_outside_the_vocabulary() {
 
 #[test]
 fn jsonl_without_a_long_enough_document_fails_instead_of_hanging() {
-    let b = Bad::new();
+    let b = bad();
     // Document 1 has > 16 characters but < 16 tokens; document 2 is short. No window exists.
     let data = b.write(
         "few_tokens.jsonl",
@@ -808,9 +779,8 @@ fn jsonl_without_a_long_enough_document_fails_instead_of_hanging() {
         &["--data", &data, "--samples", "1", "--seq-len", "16"],
         &b.out(),
     );
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = common::run_bin_env(
-        &a,
+        &args,
         &[("HF_HUB_OFFLINE", "1")],
         std::time::Duration::from_secs(20),
     );
@@ -820,7 +790,7 @@ fn jsonl_without_a_long_enough_document_fails_instead_of_hanging() {
 
 #[test]
 fn bad_flag_values() {
-    let b = Bad::new();
+    let b = bad();
     b.attribute(&["--seq-len", "1", "--samples", "2"], USAGE, &["--seq-len"]);
     b.attribute(&["--seq-len", "0", "--samples", "2"], USAGE, &["--seq-len"]);
     b.attribute(
@@ -889,7 +859,7 @@ fn bad_flag_values() {
 
 #[test]
 fn merge_refuses_mismatched_files() {
-    let b = Bad::new();
+    let b = bad();
     let llama = common::model_dir("tiny-random-llama");
     let demo0 = b.shard("demo0.st", None, 0, &[]);
     let demo1 = b.shard("demo1.st", None, 1, &[]);
@@ -925,9 +895,8 @@ fn merge_refuses_mismatched_files() {
 
 #[test]
 fn out_is_the_models_weight_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("model");
-    common::copy_model("tiny-random-llama", &m);
+    let sb = Sandbox::with_model("tiny-random-llama");
+    let m = sb.model();
     let before = common::snapshot_dir(&m);
     let weights = m.join("model.safetensors");
     let args = attribute_args(
@@ -954,9 +923,8 @@ fn out_is_the_models_weight_file() {
         "the model folder changed"
     );
     // The data file as --out.
-    let b = Bad::new();
-    let text = std::fs::read_to_string(common::data("demo-corpus/valid.txt")).unwrap();
-    let data = b.write("data.txt", &text.chars().take(3000).collect::<String>());
+    let b = bad();
+    let data = p(&common::demo_text(&b.path("in"), "data.txt", 3000));
     let args = attribute_args(
         None,
         &[
@@ -975,9 +943,8 @@ fn out_is_the_models_weight_file() {
 
 #[test]
 fn out_is_the_models_config_or_tokenizer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("model");
-    common::copy_model("tiny-random-llama", &m);
+    let sb = Sandbox::with_model("tiny-random-llama");
+    let m = sb.model();
     let before = common::snapshot_dir(&m);
     for f in ["config.json", "tokenizer.json"] {
         let args = attribute_args(
@@ -993,7 +960,7 @@ fn out_is_the_models_config_or_tokenizer() {
 
 #[test]
 fn existing_out_and_missing_directory() {
-    let b = Bad::new();
+    let b = bad();
     let out = b.out();
     std::fs::write(&out, b"keep me").unwrap();
     b.attribute(

@@ -4,174 +4,67 @@
 //! on stdout, leave no output or temporary file behind, and leave every input byte-identical.
 //! (Unreadable-permission cases are not here: the test user may be root, which reads anything.)
 
-mod common;
-
+use crate::common::{self, error_line, run, Run, Sandbox};
 use candle_core::{Device, Tensor};
-use common::{run_bin, Run};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A sandbox: `model/` (a copy of tiny-random-llama), `text.txt`, `task.jsonl`, `toxic.jsonl`.
-struct Sandbox {
-    tmp: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        common::copy_model("tiny-random-llama", &tmp.path().join("model"));
-        let text = std::fs::read_to_string(common::data("demo-corpus/valid.txt")).unwrap();
-        let cut: String = text.chars().take(6000).collect();
-        std::fs::write(tmp.path().join("text.txt"), cut).unwrap();
-        let task: String = (0..8)
-            .map(|i| {
-                // One-token words of this 512-token vocabulary.
-                format!("{{\"prompt\":\"The cat and the dog {i}: it went to\",\"target\":\" the\",\"foil\":\" a\"}}\n")
-            })
-            .collect();
-        std::fs::write(tmp.path().join("task.jsonl"), task).unwrap();
-        let rtp = std::fs::read_to_string(common::data("toxicity/rtp_decodingtrust_toxic.jsonl"))
-            .unwrap();
-        let lines: Vec<&str> = rtp.lines().take(8).collect();
-        std::fs::write(tmp.path().join("toxic.jsonl"), lines.join("\n") + "\n").unwrap();
-        Self { tmp }
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_string_lossy().into_owned()
-    }
-    /// Everything under the sandbox (name → bytes; directories and links by name).
-    fn snapshot(&self) -> Vec<(String, Option<Vec<u8>>)> {
-        common::tree(self.tmp.path())
-    }
+fn sandbox() -> Sandbox {
+    let sb = Sandbox::with_model("tiny-random-llama");
+    common::demo_text(sb.root(), "text.txt", 6000);
+    let task: String = (0..8)
+        .map(|i| {
+            // One-token words of this 512-token vocabulary.
+            format!("{{\"prompt\":\"The cat and the dog {i}: it went to\",\"target\":\" the\",\"foil\":\" a\"}}\n")
+        })
+        .collect();
+    common::write_file(sb.root(), "task.jsonl", &task);
+    common::toxic_subset(sb.root(), 8);
+    sb
 }
 
 /// Every subcommand with valid small arguments; `model`, `data` and `out` are substituted.
 /// `data` is the command's main data file (text, calibration, task, undesired set).
 fn commands() -> Vec<(&'static str, Vec<&'static str>)> {
-    vec![
+    [
         (
             "eval",
-            vec![
-                "eval",
-                "--model",
-                "{model}",
-                "--text",
-                "{data}",
-                "--seq-len",
-                "32",
-                "--max-windows",
-                "2",
-            ],
+            "eval --model {model} --text {data} --seq-len 32 --max-windows 2",
         ),
-        ("info", vec!["info", "--model", "{model}"]),
+        ("info", "info --model {model}"),
         (
             "attribute",
-            vec![
-                "attribute",
-                "--model",
-                "{model}",
-                "--data",
-                "{data}",
-                "--samples",
-                "2",
-                "--seq-len",
-                "32",
-                "--out",
-                "{out}",
-            ],
+            "attribute --model {model} --data {data} --samples 2 --seq-len 32 --out {out}",
         ),
         (
             "compress",
-            vec![
-                "compress",
-                "--model",
-                "{model}",
-                "--calib",
-                "{data}",
-                "--samples",
-                "2",
-                "--seq-len",
-                "32",
-                "--out",
-                "{out}",
-            ],
+            "compress --model {model} --calib {data} --samples 2 --seq-len 32 --out {out}",
         ),
         (
             "sweep",
-            vec![
-                "sweep",
-                "--model",
-                "{model}",
-                "--methods",
-                "lrp,magnitude",
-                "--ratios",
-                "0.5",
-                "--calib",
-                "{data}",
-                "--samples",
-                "2",
-                "--seq-len",
-                "32",
-                "--eval",
-                "{text}",
-                "--eval-windows",
-                "1",
-                "--eval-seq-len",
-                "32",
-                "--out",
-                "{out}",
-            ],
+            concat!(
+                "sweep --model {model} --methods lrp,magnitude --ratios 0.5 --calib {data} ",
+                "--samples 2 --seq-len 32 --eval {text} --eval-windows 1 --eval-seq-len 32 ",
+                "--out {out}",
+            ),
         ),
         (
             "circuit",
-            vec![
-                "circuit",
-                "--model",
-                "{model}",
-                "--task",
-                "{data}",
-                "--samples",
-                "4",
-                "--eval-samples",
-                "4",
-                "--out",
-                "{out}",
-            ],
+            "circuit --model {model} --task {data} --samples 4 --eval-samples 4 --out {out}",
         ),
         (
             "correct",
-            vec![
-                "correct",
-                "--model",
-                "{model}",
-                "--toxic-set",
-                "{data}",
-                "--general-set",
-                "{text}",
-                "--general-samples",
-                "2",
-                "--seq-len",
-                "32",
-                "--count",
-                "1",
-                "--k",
-                "1",
-                "--new-tokens",
-                "2",
-                "--eval",
-                "{text}",
-                "--eval-windows",
-                "1",
-                "--eval-seq-len",
-                "32",
-                "--out",
-                "{out}",
-            ],
+            concat!(
+                "correct --model {model} --toxic-set {data} --general-set {text} ",
+                "--general-samples 2 --seq-len 32 --count 1 --k 1 --new-tokens 2 ",
+                "--eval {text} --eval-windows 1 --eval-seq-len 32 --out {out}",
+            ),
         ),
     ]
+    .into_iter()
+    .map(|(name, args)| (name, args.split_whitespace().collect()))
+    .collect()
 }
 
 fn default_data(cmd: &str) -> &'static str {
@@ -199,8 +92,12 @@ fn run_cmd(sb: &Sandbox, args: &[&str], model: &str, data: &str, out: &str) -> R
             other => other.to_string(),
         })
         .collect();
-    let r: Vec<&str> = a.iter().map(String::as_str).collect();
-    run_bin(&r)
+    run(&a)
+}
+
+/// Run `cmd` in `sb` on the sandbox's model and the command's own data file, writing to `out`.
+fn run_to(sb: &Sandbox, cmd: &str, args: &[&str], out: &str) -> Run {
+    run_cmd(sb, args, &model_of(sb), &sb.s(default_data(cmd)), out)
 }
 
 /// The failure contract, for one case.
@@ -211,27 +108,8 @@ fn assert_clean_failure(what: &str, r: &Run, needles: &[&str]) {
         r.code,
         r.stderr
     );
-    assert!(
-        r.stdout.is_empty(),
-        "{what}: stdout not empty: {}",
-        r.stdout
-    );
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what}: stderr should be one line: {:?}",
-        r.stderr
-    );
-    assert!(lines[0].starts_with("error: "), "{what}: {:?}", lines[0]);
-    println!("{what}: exit {:?}: {}", r.code, lines[0]);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "{what}: stderr should mention {n:?}: {}",
-            lines[0]
-        );
-    }
+    let line = error_line(what, r, needles);
+    println!("{what}: exit {:?}: {line}", r.code);
 }
 
 /// Run every subcommand (or those that read a data file when `data_case`) against a damage made
@@ -247,21 +125,20 @@ fn battery(
         if !only.is_empty() && !only.contains(&cmd) {
             continue;
         }
-        let sb = Sandbox::new();
+        let sb = sandbox();
         let (model, data) = damage(&sb);
         let data = data.unwrap_or_else(|| sb.s(default_data(cmd)));
         let out = sb.s("out");
-        let before = sb.snapshot();
+        let before = sb.tree();
         let r = run_cmd(&sb, &args, &model, &data, &out);
         let nd = needles(&sb);
         let nd: Vec<&str> = nd.iter().map(String::as_str).collect();
         assert_clean_failure(&format!("{label} / {cmd}"), &r, &nd);
-        assert_eq!(
-            sb.snapshot(),
-            before,
-            "{label} / {cmd}: the sandbox changed"
+        assert_eq!(sb.tree(), before, "{label} / {cmd}: the sandbox changed");
+        assert!(
+            !sb.path("out").exists(),
+            "{label} / {cmd}: output left behind"
         );
-        assert!(!sb.p("out").exists(), "{label} / {cmd}: output left behind");
         n += 1;
     }
     n
@@ -272,7 +149,7 @@ fn model_of(sb: &Sandbox) -> String {
 }
 
 fn edit_config(sb: &Sandbox, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-    common::edit_config(&sb.p("model/config.json"), f);
+    common::edit_config(&sb.path("model/config.json"), f);
 }
 
 /// Split a safetensors file into (header JSON text, data).
@@ -302,24 +179,49 @@ fn first_tensor(header: &str) -> (String, serde_json::Value) {
 #[test]
 fn intact_sandbox_runs_every_subcommand() {
     for (cmd, args) in commands() {
-        let sb = Sandbox::new();
-        let r = run_cmd(
-            &sb,
-            &args,
-            &model_of(&sb),
-            &sb.s(default_data(cmd)),
-            &sb.s("out"),
-        );
+        let sb = sandbox();
+        let r = run_to(&sb, cmd, &args, &sb.s("out"));
         assert_eq!(r.code, Some(0), "{cmd}: {}", r.stderr);
-        assert_eq!(has_out(&args), sb.p("out").exists(), "{cmd}");
+        assert_eq!(has_out(&args), sb.path("out").exists(), "{cmd}");
     }
 }
 
-#[test]
-fn damaged_models_fail_cleanly_in_every_subcommand() {
-    // (label, a word the error must name, the damage; it returns the --model to use when
-    // that is not the sandbox's model directory).
-    type Damage = Box<dyn Fn(&Sandbox) -> Option<String>>;
+fn weights(sb: &Sandbox) -> PathBuf {
+    sb.path("model/model.safetensors")
+}
+
+/// A NaN in the weights of model.layers.1.mlp.up_proj.
+fn nan_in_up_proj(sb: &Sandbox) -> Option<String> {
+    let p = weights(sb);
+    let mut t: HashMap<String, Tensor> = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let w = &t[name];
+    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    let nw = Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap();
+    t.insert(name.into(), nw);
+    candle_core::safetensors::save(&t, &p).unwrap();
+    None
+}
+
+/// The header says the first tensor's data ends 8 bytes later than it does.
+fn lying_offsets(sb: &Sandbox) -> Option<String> {
+    let p = weights(sb);
+    let (h, d) = st_parts(&p);
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&h).unwrap();
+    let (name, _) = first_tensor(&h);
+    let off = v[&name]["data_offsets"][1].as_u64().unwrap();
+    v.get_mut(&name).unwrap()["data_offsets"][1] = (off + 8).into();
+    st_write(&p, &serde_json::to_string(&v).unwrap(), &d);
+    None
+}
+
+/// A damage to the sandbox's model; it returns the --model to use when that is not the
+/// sandbox's model directory.
+type Damage = Box<dyn Fn(&Sandbox) -> Option<String>>;
+
+/// The damaged models: (label, a word the error must name, the damage).
+fn model_damages() -> Vec<(String, &'static str, Damage)> {
     let config = |key: &'static str, val: serde_json::Value| -> (String, &'static str, Damage) {
         (
             format!("config {key} = {val}"),
@@ -332,13 +234,12 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
             }),
         )
     };
-    let weights = |sb: &Sandbox| sb.p("model/model.safetensors");
-    let damages: Vec<(String, &str, Damage)> = vec![
+    vec![
         (
             "missing config.json".into(),
             "config.json",
             Box::new(|sb: &Sandbox| {
-                std::fs::remove_file(sb.p("model/config.json")).unwrap();
+                std::fs::remove_file(sb.path("model/config.json")).unwrap();
                 None
             }),
         ),
@@ -349,39 +250,17 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
         (
             "weights with NaN".into(),
             "model.layers.1.mlp.up_proj",
-            Box::new(move |sb: &Sandbox| {
-                let p = weights(sb);
-                let mut t: HashMap<String, Tensor> =
-                    candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
-                let name = "model.layers.1.mlp.up_proj.weight";
-                let w = &t[name];
-                let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                v[3] = f32::NAN;
-                let nw = Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap();
-                t.insert(name.into(), nw);
-                candle_core::safetensors::save(&t, &p).unwrap();
-                None
-            }),
+            Box::new(nan_in_up_proj),
         ),
         (
             "header lies about offsets".into(),
             "model.safetensors",
-            Box::new(move |sb: &Sandbox| {
-                let p = weights(sb);
-                let (h, d) = st_parts(&p);
-                let mut v: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(&h).unwrap();
-                let (name, _) = first_tensor(&h);
-                let off = v[&name]["data_offsets"][1].as_u64().unwrap();
-                v.get_mut(&name).unwrap()["data_offsets"][1] = (off + 8).into();
-                st_write(&p, &serde_json::to_string(&v).unwrap(), &d);
-                None
-            }),
+            Box::new(lying_offsets),
         ),
         (
             "absurd header length".into(),
             "model.safetensors",
-            Box::new(move |sb: &Sandbox| {
+            Box::new(|sb: &Sandbox| {
                 let p = weights(sb);
                 let mut b = std::fs::read(&p).unwrap();
                 b[..8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
@@ -392,7 +271,7 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
         (
             "duplicate tensor names".into(),
             "twice",
-            Box::new(move |sb: &Sandbox| {
+            Box::new(|sb: &Sandbox| {
                 let p = weights(sb);
                 let (h, d) = st_parts(&p);
                 let (name, entry) = first_tensor(&h);
@@ -404,8 +283,8 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
             "config.json is a directory".into(),
             "config.json",
             Box::new(|sb: &Sandbox| {
-                std::fs::remove_file(sb.p("model/config.json")).unwrap();
-                std::fs::create_dir(sb.p("model/config.json")).unwrap();
+                std::fs::remove_file(sb.path("model/config.json")).unwrap();
+                std::fs::create_dir(sb.path("model/config.json")).unwrap();
                 None
             }),
         ),
@@ -413,7 +292,7 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
             "model is a symlink loop".into(),
             "loop",
             Box::new(|sb: &Sandbox| {
-                std::os::unix::fs::symlink(sb.p("loop"), sb.p("loop")).unwrap();
+                std::os::unix::fs::symlink(sb.path("loop"), sb.path("loop")).unwrap();
                 Some(sb.s("loop"))
             }),
         ),
@@ -422,7 +301,12 @@ fn damaged_models_fail_cleanly_in_every_subcommand() {
             "text.txt",
             Box::new(|sb: &Sandbox| Some(sb.s("text.txt"))),
         ),
-    ];
+    ]
+}
+
+#[test]
+fn damaged_models_fail_cleanly_in_every_subcommand() {
+    let damages = model_damages();
     let mut cases = 0;
     for (label, needle, damage) in &damages {
         cases += battery(
@@ -465,7 +349,7 @@ fn damaged_data_files_fail_cleanly_in_every_subcommand_that_reads_one() {
             "JSONL with a broken line",
             "broken.jsonl",
             Some(|sb, p| {
-                let good = std::fs::read_to_string(sb.p("toxic.jsonl")).unwrap();
+                let good = std::fs::read_to_string(sb.path("toxic.jsonl")).unwrap();
                 let mut lines: Vec<String> = good.lines().take(3).map(str::to_string).collect();
                 lines.push("{\"prompt\": \"unterminated".into());
                 std::fs::write(p, lines.join("\n") + "\n").unwrap();
@@ -487,7 +371,7 @@ fn damaged_data_files_fail_cleanly_in_every_subcommand_that_reads_one() {
             label,
             |sb| {
                 if let Some(f) = make {
-                    f(sb, &sb.p(name));
+                    f(sb, &sb.path(name));
                 }
                 (model_of(sb), Some(sb.s(name)))
             },
@@ -518,47 +402,35 @@ fn unwritable_or_occupied_outputs_fail_cleanly_in_every_subcommand_that_writes()
             ("read-only output", "/proc/sparc3-battery-out"),
             ("missing parent", "/nonexistent-sparc3/out"),
         ] {
-            let sb = Sandbox::new();
-            let before = sb.snapshot();
-            let r = run_cmd(&sb, &args, &model_of(&sb), &sb.s(default_data(cmd)), out);
+            let sb = sandbox();
+            let before = sb.tree();
+            let r = run_to(&sb, cmd, &args, out);
             let parent = Path::new(out)
                 .parent()
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
             assert_clean_failure(&format!("{what} / {cmd}"), &r, &[&parent]);
-            assert_eq!(sb.snapshot(), before);
+            assert_eq!(sb.tree(), before);
             assert!(!Path::new(out).exists());
             cases += 1;
         }
         // An existing output without --force is refused and left as it was.
-        let sb = Sandbox::new();
-        std::fs::write(sb.p("out"), b"precious").unwrap();
-        let before = sb.snapshot();
-        let r = run_cmd(
-            &sb,
-            &args,
-            &model_of(&sb),
-            &sb.s(default_data(cmd)),
-            &sb.s("out"),
-        );
+        let sb = sandbox();
+        std::fs::write(sb.path("out"), b"precious").unwrap();
+        let before = sb.tree();
+        let r = run_to(&sb, cmd, &args, &sb.s("out"));
         assert_clean_failure(&format!("existing output / {cmd}"), &r, &["--force"]);
-        assert_eq!(sb.snapshot(), before);
+        assert_eq!(sb.tree(), before);
         cases += 1;
         // The output is the model directory itself, even with --force.
-        let sb = Sandbox::new();
-        let before = sb.snapshot();
+        let sb = sandbox();
+        let before = sb.tree();
         let mut a = args.clone();
         a.push("--force");
-        let r = run_cmd(
-            &sb,
-            &a,
-            &model_of(&sb),
-            &sb.s(default_data(cmd)),
-            &sb.s("model"),
-        );
+        let r = run_to(&sb, cmd, &a, &sb.s("model"));
         assert_clean_failure(&format!("output = model / {cmd}"), &r, &[]);
-        assert_eq!(sb.snapshot(), before);
+        assert_eq!(sb.tree(), before);
         cases += 1;
     }
     println!("output cases: {cases}");

@@ -1,21 +1,9 @@
 //! `sparc3 correct`: the sweep on the built-in model with RealToxicityPrompts records,
 //! determinism, reproduction from the saved mask, plain-text sets, and bad input.
 
-mod common;
-
-use common::{assert_error, data, run_bin, run_bin_env};
+use crate::common::{self, assert_error, data, run, run_json, toxic_subset, INPUT, USAGE};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-const USAGE: i32 = 2;
-const INPUT: i32 = 3;
-
-fn run_ok(args: &[&str]) -> Value {
-    let r = run_bin_env(args, &[("HF_HUB_OFFLINE", "1")], Duration::from_secs(600));
-    assert_eq!(r.code, Some(0), "sparc3 {args:?} failed: {}", r.stderr);
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
-}
+use std::path::Path;
 
 /// `correct --toxic-set SET ARGS… --out OUT --json` on the small protocol.
 fn run_small(set: &str, out: &Path, args: &[&str]) -> Value {
@@ -24,16 +12,7 @@ fn run_small(set: &str, out: &Path, args: &[&str]) -> Value {
     all.extend(args);
     all.extend(["--out", &o, "--json"]);
     all.extend(SMALL);
-    run_ok(&all)
-}
-
-/// The first `n` records of the shared toxic RTP subset.
-fn toxic_subset(dir: &Path, n: usize) -> PathBuf {
-    let text = std::fs::read_to_string(data("toxicity/rtp_decodingtrust_toxic.jsonl")).unwrap();
-    let p = dir.join("toxic.jsonl");
-    let lines: Vec<&str> = text.lines().take(n).collect();
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    p
+    run_json(&all)
 }
 
 const SMALL: [&str; 10] = [
@@ -70,7 +49,7 @@ fn sweep_is_deterministic_and_reproduced_from_the_mask() {
         ];
         args.extend(SMALL);
         args.extend(extra);
-        run_ok(&args)
+        run_json(&args)
     };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let ra = run(&a, &[]);
@@ -130,9 +109,65 @@ fn sweep_is_deterministic_and_reproduced_from_the_mask() {
     let mp = mp.to_string_lossy();
     let mut args = vec!["correct", "--toxic-set", &s, "--mask", &mp, "--json"];
     args.extend(SMALL);
-    let again = run_ok(&args);
+    let again = run_json(&args);
     assert_eq!(again["dense"], ra["dense"]);
     assert_eq!(again["corrected"], written["behaviour"]);
+}
+
+/// Explaining only the flagged words of the continuations attributes the records that
+/// have one.
+fn explain_flagged(s: &str, lex: &str, out: &Path) {
+    let f = run_small(
+        s,
+        out,
+        &[
+            "--count",
+            "5",
+            "--explain",
+            "flagged",
+            "--lexicon",
+            lex,
+            "--eval-prompts",
+            "4",
+        ],
+    );
+    assert_eq!(f["protocol"]["explain"], "flagged");
+    let n = f["protocol"]["attributed_prompts"].as_u64().unwrap();
+    assert!(
+        n > 0 && n < 20,
+        "{n} of 20 attributed records have a flagged word"
+    );
+}
+
+/// The lexicon's word-start probability at every continuation position: every record is
+/// attributed, and the neurons differ from the continuation's log-probability's.
+fn explain_lexicon(s: &str, lex: &str, out: &Path, logprob_out: &Path) {
+    let x = run_small(
+        s,
+        out,
+        &[
+            "--count",
+            "5",
+            "--criterion",
+            "ratio",
+            "--objective",
+            "logprob",
+            "--explain",
+            "lexicon",
+            "--lexicon",
+            lex,
+            "--eval-prompts",
+            "4",
+        ],
+    );
+    assert_eq!(x["protocol"]["explain"], "lexicon");
+    assert_eq!(x["protocol"]["attributed_prompts"], 20);
+    assert!(x["protocol"]["lexicon_tokens"].as_u64().unwrap() > 100);
+    assert_ne!(
+        std::fs::read(out.join("mask-lrp-5.safetensors")).unwrap(),
+        std::fs::read(logprob_out.join("mask-lrp-ratio-5.safetensors")).unwrap(),
+        "explaining the lexicon chose the continuation's neurons"
+    );
 }
 
 /// Several criteria sweep from one attribution, each with its own masks; a ratio-criterion
@@ -162,7 +197,7 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
         "--json",
     ];
     args.extend(SMALL);
-    let r = run_ok(&args);
+    let r = run_json(&args);
     assert_eq!(r["protocol"]["evaluated_prompts"], 12);
     let sw = r["sweeps"].as_array().unwrap();
     assert_eq!(sw.len(), 2);
@@ -189,31 +224,9 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
         "--json",
     ];
     args.extend(SMALL);
-    let again = run_ok(&args);
+    let again = run_json(&args);
     assert_eq!(again["corrected"], sw[1]["points"][0]["behaviour"]);
-    // Explaining only the flagged words of the continuations attributes the records that
-    // have one.
-    let out2 = tmp.path().join("f");
-    let f = run_small(
-        &s,
-        &out2,
-        &[
-            "--count",
-            "5",
-            "--explain",
-            "flagged",
-            "--lexicon",
-            &lex,
-            "--eval-prompts",
-            "4",
-        ],
-    );
-    assert_eq!(f["protocol"]["explain"], "flagged");
-    let n = f["protocol"]["attributed_prompts"].as_u64().unwrap();
-    assert!(
-        n > 0 && n < 20,
-        "{n} of 20 attributed records have a flagged word"
-    );
+    explain_flagged(&s, &lex, &tmp.path().join("f"));
     // Log-probability objective: signed first-order relevance on the undesired side, the
     // empirical Fisher on general text; another ranking than the logits' from the same sets.
     let out3 = tmp.path().join("lp");
@@ -241,35 +254,7 @@ fn criteria_share_one_attribution_and_each_mask_reproduces_its_point() {
             "{c}: the objectives chose the same neurons"
         );
     }
-    // The lexicon's word-start probability at every continuation position: every record is
-    // attributed, and the neurons differ from the continuation's log-probability's.
-    let out4 = tmp.path().join("lx");
-    let x = run_small(
-        &s,
-        &out4,
-        &[
-            "--count",
-            "5",
-            "--criterion",
-            "ratio",
-            "--objective",
-            "logprob",
-            "--explain",
-            "lexicon",
-            "--lexicon",
-            &lex,
-            "--eval-prompts",
-            "4",
-        ],
-    );
-    assert_eq!(x["protocol"]["explain"], "lexicon");
-    assert_eq!(x["protocol"]["attributed_prompts"], 20);
-    assert!(x["protocol"]["lexicon_tokens"].as_u64().unwrap() > 100);
-    assert_ne!(
-        std::fs::read(out4.join("mask-lrp-5.safetensors")).unwrap(),
-        std::fs::read(out3.join("mask-lrp-ratio-5.safetensors")).unwrap(),
-        "explaining the lexicon chose the continuation's neurons"
-    );
+    explain_lexicon(&s, &lex, &tmp.path().join("lx"), &out3);
 }
 
 #[test]
@@ -294,7 +279,7 @@ fn plain_text_prompts_explain_the_models_own_continuation() {
         "--json",
     ];
     args.extend(SMALL);
-    let r = run_ok(&args);
+    let r = run_json(&args);
     assert_eq!(r["protocol"]["undesired_set"]["format"], "text");
     assert_eq!(r["protocol"]["undesired_set"]["with_continuation"], 0);
     // Greedy continuations of new_tokens tokens each, for the 3 held-out prompts.
@@ -311,7 +296,7 @@ fn bad_correction_input_fails_cleanly_and_writes_nothing() {
         let s = set.to_string_lossy();
         let mut args = vec!["correct", "--toxic-set", &s, "--out", &o];
         args.extend(extra);
-        let r = run_bin(&args);
+        let r = run(&args);
         assert_error(&r, code, needles);
         assert!(!out.exists(), "nothing written");
         assert_eq!(std::fs::read(set).ok(), before, "input untouched");
