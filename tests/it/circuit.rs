@@ -232,6 +232,13 @@ fn demo_task(n: usize) -> String {
     lines.join("\n") + "\n"
 }
 
+/// The report file is the `--json` document; both reports read back as their types unchanged.
+fn typed_reports(out: &std::path::Path, rep: &serde_json::Value, mask_rep: &serde_json::Value) {
+    assert_eq!(&common::read_json(&out.join("circuit-report.json")), rep);
+    common::assert_typed::<sparc3::jobs::circuit::Report>(rep);
+    common::assert_typed::<sparc3::jobs::circuit::MaskReport>(mask_rep);
+}
+
 #[test]
 fn task_file_on_the_demo_model_with_saved_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,6 +297,7 @@ fn task_file_on_the_demo_model_with_saved_model() {
         again["circuit"]["accuracy"],
         rep["methods"][0]["circuit"]["accuracy"]
     );
+    typed_reports(&out, &rep, &again);
     // Bit-identical with one thread, and through a checkpointed run.
     let out1 = tmp.path().join("c1");
     let rep1 = run_json(&[

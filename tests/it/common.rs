@@ -236,8 +236,21 @@ pub fn bin() -> &'static str {
 /// Run `sparc3 ARGS` with the hub variables of the test environment removed, then `envs` set.
 /// Panics if it runs past `timeout` (the child is killed first).
 pub fn run_bin_env<S: AsRef<str>>(args: &[S], envs: &[(&str, &str)], timeout: Duration) -> Run {
+    run_bin_env_in(None, args, envs, timeout)
+}
+
+/// `run_bin_env` in the working directory `dir` (default: the test's own).
+pub fn run_bin_env_in<S: AsRef<str>>(
+    dir: Option<&Path>,
+    args: &[S],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Run {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let mut cmd = Command::new(bin());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -490,4 +503,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         m = m.max(d);
     }
     m
+}
+
+/// A report reads back as its typed struct and writes out unchanged (the schema is the struct).
+pub fn assert_typed<T: serde::Serialize + serde::de::DeserializeOwned>(v: &Value) {
+    let typed: T = serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("report does not read as its type ({e}): {v}"));
+    assert_eq!(
+        &serde_json::to_value(&typed).unwrap(),
+        v,
+        "report round trip"
+    );
 }

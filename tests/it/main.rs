@@ -15,5 +15,6 @@ mod fuzz;
 mod lrp_parity;
 mod parity;
 mod pins;
+mod readme;
 mod reliability;
 mod sources;

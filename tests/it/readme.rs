@@ -1,12 +1,10 @@
 //! The README's commands, run in order as a newcomer would (so the manual cannot rot): every
-//! `sparc3 …` line of its set-up and command sections, with the shared assets' absolute paths
-//! and small sample counts, in one scratch directory (later commands read earlier outputs).
+//! `sparc3 …` line of its code blocks, with the shared assets' absolute paths and small sample
+//! counts, in one scratch directory (later commands read earlier outputs).
 
-mod common;
-
+use crate::common::{run_bin_env_in, shared};
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::time::Duration;
 
 /// The README's commands: shell continuation lines joined, `cargo run --release --` read as
 /// `sparc3`, only lines that run sparc3.
@@ -21,11 +19,8 @@ fn readme_commands() -> Vec<Vec<String>> {
             in_sh = line == "```sh";
             continue;
         }
-        if !in_sh {
-            continue;
-        }
         let l = line.split(" # ").next().unwrap_or("").trim();
-        if l.starts_with('#') || (l.is_empty() && cur.is_empty()) {
+        if !in_sh || l.starts_with('#') || (l.is_empty() && cur.is_empty()) {
             continue;
         }
         cur.push_str(l.trim_end_matches('\\'));
@@ -60,11 +55,11 @@ fn shrink(args: &mut Vec<String>, shared: &str) {
             }
         }
     }
+    let has = |f: &str| args.iter().any(|a| a == f);
     let extra: &[&str] = match args[0].as_str() {
-        "circuit" if !args.iter().any(|a| a == "--mask") => {
-            &["--samples", "16", "--eval-samples", "16"]
-        }
-        "circuit" => &["--eval-samples", "16"],
+        "circuit" if !has("--mask") => &["--samples", "8", "--eval-samples", "8"],
+        "circuit" => &["--eval-samples", "8"],
+        "compress" | "sweep" if has("--calib") => &["--seq-len", "64", "--eval-seq-len", "64"],
         "correct" => &[
             "--samples",
             "4",
@@ -84,7 +79,7 @@ fn shrink(args: &mut Vec<String>, shared: &str) {
 
 #[test]
 fn readme_commands_run_in_order() {
-    let shared = format!("{}/", common::shared().display());
+    let shared = format!("{}/", shared().display());
     let dir = tempfile::tempdir().unwrap();
     let cmds = readme_commands();
     let names: Vec<&str> = cmds.iter().map(|c| c[0].as_str()).collect();
@@ -105,24 +100,19 @@ fn readme_commands_run_in_order() {
     }
     for mut args in cmds {
         shrink(&mut args, &shared);
-        let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_sparc3"))
-            .args(&args)
-            .current_dir(dir.path())
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
+        let env = [("HF_HUB_OFFLINE", "1")];
+        let r = run_bin_env_in(Some(dir.path()), &args, &env, Duration::from_secs(900));
         println!(
             "sparc3 {} ({:.1} s)",
             args.join(" "),
-            t.elapsed().as_secs_f64()
+            r.elapsed.as_secs_f64()
         );
-        assert!(
-            out.status.success(),
-            "README command failed ({:?}): sparc3 {}\n{}",
-            out.status.code(),
+        assert_eq!(
+            r.code,
+            Some(0),
+            "README command failed: sparc3 {}\n{}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+            r.stderr
         );
     }
 }
