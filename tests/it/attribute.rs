@@ -571,8 +571,7 @@ fn memory_store_and_recompute_agree() {
                     "--json",
                 ];
                 let r = run_ok(&attribute_args(model, &args, &out));
-                let v: serde_json::Value = serde_json::from_str(&r.stdout)
-                    .unwrap_or_else(|e| panic!("--json output: {e}: {}", r.stdout));
+                let v = common::json_of(&r);
                 assert_eq!(v["memory_mode"], mode, "{}", r.stdout);
                 read(&out)
             };

@@ -2,8 +2,9 @@
 //! GGUF metadata mapping, safetensors headers, JSONL / RealToxicityPrompts / task records,
 //! shard specs, relevance-file metadata and mask files. Every input must give Ok or a clean
 //! error — never a panic. CI runs a few hundred cases per target; `scripts/fuzz.sh` runs each
-//! for a bounded time with many more. Failures proptest finds are saved under
-//! `proptest-regressions/` and replayed first on every run.
+//! for a bounded time with many more (`cargo test --release --test it -- --exact
+//! fuzz::<target>_never_panic`). Failures proptest finds are saved beside this file, in
+//! `tests/it/fuzz.regressions`, and replayed first on every run.
 
 use crate::common;
 
