@@ -64,6 +64,9 @@ pub enum Setting {
     Token,
     Foil,
     Data,
+    EvalWindows,
+    Samples,
+    Holdout,
 }
 
 impl Setting {
@@ -83,6 +86,9 @@ impl Setting {
             Setting::Token => "token id",
             Setting::Foil => "foil token id",
             Setting::Data => "data file",
+            Setting::EvalWindows => "evaluation window count",
+            Setting::Samples => "sample count",
+            Setting::Holdout => "held-out fraction",
         }
     }
 }
@@ -117,8 +123,13 @@ pub fn err(kind: Kind, msg: impl Into<String>) -> anyhow::Error {
 
 /// A usage error about one chosen value: `detail` follows the value's name (see [`Setting`]).
 pub fn invalid(setting: Setting, detail: impl Into<String>) -> anyhow::Error {
+    about(Kind::Usage, setting, detail)
+}
+
+/// An error of `kind` caused by one chosen value (e.g. data too short for the sequence length).
+pub fn about(kind: Kind, setting: Setting, detail: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Tagged {
-        kind: Kind::Usage,
+        kind,
         setting: Some(setting),
         msg: detail.into(),
     })
@@ -132,11 +143,11 @@ macro_rules! invalid {
     };
 }
 
-/// The value an error is about and its detail, if it is such an error.
-pub fn setting_of(e: &anyhow::Error) -> Option<(Setting, &str)> {
+/// The value an error is about, its detail and its kind, if it is such an error.
+pub fn setting_of(e: &anyhow::Error) -> Option<(Setting, &str, Kind)> {
     e.chain().find_map(|c| {
         c.downcast_ref::<Tagged>()
-            .and_then(|t| t.setting.map(|s| (s, t.msg.as_str())))
+            .and_then(|t| t.setting.map(|s| (s, t.msg.as_str(), t.kind)))
     })
 }
 

@@ -132,7 +132,7 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     let shard = a
         .shard
         .as_deref()
-        .map(crate::lrp::parse_shard)
+        .map(super::values::parse_shard)
         .transpose()?;
     let loaded = a.model.load()?;
     crate::io::check_output(&a.out, a.output.force, &inputs(&loaded, &a.data))?;

@@ -26,6 +26,7 @@ mod sweep;
 mod tables;
 pub mod values;
 
+use crate::error::Setting;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -66,6 +67,15 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Where a command spells a value's flag differently from the others.
+    let flags: &[(Setting, &str)] = match &cli.command {
+        Command::Eval(_) => &[
+            (Setting::EvalSeqLen, "--seq-len"),
+            (Setting::EvalWindows, "--max-windows"),
+        ],
+        Command::Correct(_) => &[(Setting::Samples, "--general-samples")],
+        _ => &[],
+    };
     let r = match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
@@ -76,16 +86,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a),
         Command::Sweep(a) => sweep::run(a),
     };
-    r.map_err(name_flag)
+    r.map_err(|e| name_flag(e, flags))
 }
 
-/// A job's error about one chosen value, re-worded with the flag that sets it.
-fn name_flag(e: anyhow::Error) -> anyhow::Error {
+/// A job's error about one chosen value, re-worded with the flag that sets it (`flags`: this
+/// command's own spellings).
+fn name_flag(e: anyhow::Error, flags: &[(Setting, &str)]) -> anyhow::Error {
     match crate::error::setting_of(&e) {
-        Some((s, detail)) => crate::error::err(
-            crate::error::Kind::Usage,
-            format!("{} {detail}", values::flag_of(s)),
-        ),
+        Some((s, detail, kind)) => {
+            let flag = flags
+                .iter()
+                .find(|f| f.0 == s)
+                .map_or(values::flag_of(s), |f| f.1);
+            crate::error::err(kind, format!("{flag} {detail}"))
+        }
         None => e,
     }
 }

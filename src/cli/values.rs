@@ -103,6 +103,20 @@ pub fn parse_layers(r: &Option<String>) -> Result<crate::jobs::LayerFilter> {
     }
 }
 
+/// `--shard i/n`: this job's part `i` (0-based) of `n`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let parsed = s.split_once('/').and_then(|(i, n)| {
+        Some((
+            i.trim().parse::<usize>().ok()?,
+            n.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
+        _ => fail!(Usage, "--shard {s}: expected i/n with 0 ≤ i < n (e.g. 0/4)"),
+    }
+}
+
 /// The flag that sets a value named in a domain error.
 pub fn flag_of(s: crate::error::Setting) -> &'static str {
     use crate::error::Setting::*;
@@ -120,5 +134,8 @@ pub fn flag_of(s: crate::error::Setting) -> &'static str {
         Token => "--token",
         Foil => "--foil",
         Data => "--data",
+        EvalWindows => "--eval-windows",
+        Samples => "--samples",
+        Holdout => "--holdout",
     }
 }

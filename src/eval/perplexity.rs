@@ -1,7 +1,8 @@
 //! WikiText-style perplexity: tokenize once without special tokens, cut non-overlapping windows
 //! of `seq_len` from token 0, ppl = exp(mean NLL over every predicted token).
 
-use crate::fail;
+use crate::error::{about, Kind, Setting};
+use crate::invalid;
 use crate::model::DecoderModel;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -45,25 +46,28 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplResult> {
     if seq_len < 2 {
-        fail!(Usage, "--seq-len must be at least 2, got {seq_len}");
+        invalid!(EvalSeqLen, "must be at least 2, got {seq_len}");
     }
     if seq_len > model.dims.max_positions {
-        fail!(
-            Usage,
-            "--seq-len {seq_len} is larger than the model allows ({} positions)",
+        invalid!(
+            EvalSeqLen,
+            "{seq_len} is larger than the model allows ({} positions)",
             model.dims.max_positions
         );
     }
     let available = ids.len() / seq_len;
     if available == 0 {
-        fail!(
-            Input,
-            "the text has {} tokens, fewer than one window of --seq-len {seq_len}",
-            ids.len()
-        );
+        return Err(about(
+            Kind::Input,
+            Setting::EvalSeqLen,
+            format!(
+                "{seq_len}: the text has {} tokens, fewer than one window",
+                ids.len()
+            ),
+        ));
     }
     if max_windows == Some(0) {
-        fail!(Usage, "--max-windows must be at least 1");
+        invalid!(EvalWindows, "must be at least 1");
     }
     let n = max_windows.map_or(available, |m| m.min(available));
     let start = std::time::Instant::now();

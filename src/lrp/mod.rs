@@ -24,20 +24,3 @@ mod tests;
 pub use memory::{auto_mode, check_memory, memory_needed, store_bytes, MemoryMode};
 pub use pass::{relevance_pass, run_one, run_samples, PassResult};
 pub use target::{Target, TokenSet};
-
-use crate::fail;
-use anyhow::Result;
-
-/// A `--shard i/n` spec: this job's part `i` (0-based) of `n`.
-pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let parsed = s.split_once('/').and_then(|(i, n)| {
-        Some((
-            i.trim().parse::<usize>().ok()?,
-            n.trim().parse::<usize>().ok()?,
-        ))
-    });
-    match parsed {
-        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
-        _ => fail!(Usage, "--shard {s}: expected i/n with 0 ≤ i < n (e.g. 0/4)"),
-    }
-}

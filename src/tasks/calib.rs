@@ -11,8 +11,9 @@
 //! same sample list and takes its own slice of it.
 
 use crate::data::{self, TextSource};
-use crate::fail;
+use crate::error::{about, Kind, Setting};
 use crate::util::Rng;
+use crate::{fail, invalid};
 use anyhow::Result;
 use std::path::Path;
 
@@ -112,10 +113,10 @@ pub fn sample(
     seed: u64,
 ) -> Result<Calib> {
     if n == 0 {
-        fail!(Usage, "--samples must be at least 1");
+        invalid!(Samples, "must be at least 1");
     }
     if seq_len < 2 {
-        fail!(Usage, "--seq-len must be at least 2, got {seq_len}");
+        invalid!(SeqLen, "must be at least 2, got {seq_len}");
     }
     let mut rng = Rng::new(seed);
     let (label, sha, text, jsonl) = match path {
@@ -202,11 +203,11 @@ fn id_records(
         }
     }
     if samples.len() < n {
-        fail!(
-            Input,
-            "{label} holds {} id records, fewer than --samples {n}",
-            samples.len()
-        );
+        return Err(about(
+            Kind::Input,
+            Setting::Samples,
+            format!("{n}: {label} holds {} id records, fewer", samples.len()),
+        ));
     }
     Ok((samples, lines))
 }
@@ -250,10 +251,11 @@ fn document_windows(
             n_short += 1;
             cache[i] = None;
             if n_short == docs.len() {
-                fail!(
-                    Input,
-                    "{label}: no document has more than --seq-len {seq_len} tokens"
-                );
+                return Err(about(
+                    Kind::Input,
+                    Setting::SeqLen,
+                    format!("{seq_len}: no document of {label} has more tokens"),
+                ));
             }
             continue;
         }
@@ -274,11 +276,14 @@ fn text_windows(
 ) -> Result<Vec<Vec<u32>>> {
     let ids = data::encode_plain(tok, text)?;
     if ids.len() < seq_len {
-        fail!(
-            Input,
-            "{label} has {} tokens, too little text for one window of --seq-len {seq_len}",
-            ids.len()
-        );
+        return Err(about(
+            Kind::Input,
+            Setting::SeqLen,
+            format!(
+                "{seq_len}: {label} has {} tokens, too little text for one window",
+                ids.len()
+            ),
+        ));
     }
     let span = (ids.len() - seq_len + 1) as u64;
     Ok((0..n)

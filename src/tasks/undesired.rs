@@ -4,8 +4,8 @@
 //! attribution for evaluation.
 
 use crate::data;
-use crate::fail;
 use crate::util::Rng;
+use crate::{fail, invalid};
 use anyhow::Result;
 use std::path::Path;
 
@@ -44,7 +44,7 @@ fn text_field(v: &serde_json::Value, key: &str) -> Option<String> {
 
 pub fn read(path: &Path, holdout: f64, seed: u64) -> Result<UndesiredSet> {
     if !(holdout > 0.0 && holdout < 1.0) {
-        fail!(Usage, "--holdout must be in (0, 1), got {holdout}");
+        invalid!(Holdout, "must be in (0, 1), got {holdout}");
     }
     let (text, sha256) = data::read_utf8(path, "undesired set")?;
     let label = path.display().to_string();
@@ -80,9 +80,9 @@ pub fn read(path: &Path, holdout: f64, seed: u64) -> Result<UndesiredSet> {
     let n = recs.len();
     let n_eval = (n as f64 * holdout).round() as usize;
     if n_eval == 0 || n_eval == n {
-        fail!(
-            Usage,
-            "--holdout {holdout} of {n} prompts leaves an empty side ({n_eval} held out, {} attributed)",
+        invalid!(
+            Holdout,
+            "{holdout} of {n} prompts leaves an empty side ({n_eval} held out, {} attributed)",
             n - n_eval
         );
     }

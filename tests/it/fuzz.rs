@@ -194,8 +194,8 @@ proptest! {
 
     #[test]
     fn shard_specs_never_panic(s in "\\PC{0,12}", i in any::<u64>(), n in any::<u64>()) {
-        let _ = sparc3::lrp::parse_shard(&s);
-        if let Ok((a, b)) = sparc3::lrp::parse_shard(&format!("{i}/{n}")) {
+        let _ = sparc3::cli::values::parse_shard(&s);
+        if let Ok((a, b)) = sparc3::cli::values::parse_shard(&format!("{i}/{n}")) {
             prop_assert!(a < b);
         }
     }
