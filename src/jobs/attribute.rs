@@ -232,12 +232,11 @@ fn checkpoint(
     seq_len: usize,
     mode: MemoryMode,
 ) -> Option<Checkpoint> {
-    let out = cfg.out.as_ref().filter(|_| cfg.resume.active())?;
     let epsilon = match cfg.rule {
         Rule::Lrp { epsilon } => epsilon,
         Rule::Grad => None,
     };
-    let fingerprint = super::sha256_json(&serde_json::json!({
+    let protocol = serde_json::json!({
         "config": loaded.config_sha256,
         "data": calib.info.sha256,
         "recipe": calib.info.recipe,
@@ -249,22 +248,10 @@ fn checkpoint(
         "aggregation": cfg.aggregation,
         "seq_len": seq_len,
         "seed": cfg.seed,
-        "dtype": super::report::dtype_name(storage_dtype(loaded)),
+        "dtype": super::report::storage_dtype(loaded),
         "memory": mode,
-    }));
-    Some(Checkpoint {
-        path: Checkpoint::path_for(out),
-        every: cfg.resume.every.unwrap_or(0),
-        fingerprint,
-    })
-}
-
-fn storage_dtype(loaded: &Loaded) -> candle_core::DType {
-    loaded
-        .model
-        .linears()
-        .first()
-        .map_or(candle_core::DType::F32, |l| l.weight.dtype())
+    });
+    cfg.resume.beside(cfg.out.as_deref(), &protocol)
 }
 
 fn meta(loaded: &Loaded, cfg: &Config, calib: &Calib, seq_len: usize, samples: usize) -> RelMeta {

@@ -59,6 +59,17 @@ impl LayerFilter {
     }
 }
 
+/// `items` in order, repeats dropped (a list flag may name a method or criterion twice).
+pub fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = Vec::new();
+    for &x in items {
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    }
+    v
+}
+
 /// sha256 of a value's JSON (fingerprints of token ids and protocols).
 pub fn sha256_json<T: serde::Serialize>(v: &T) -> String {
     crate::util::sha256_hex(serde_json::to_string(v).unwrap_or_default().as_bytes())
@@ -77,6 +88,29 @@ impl Resume {
         self.every.is_some() || self.resume
     }
 
+    /// The checkpoint of a single attribution beside `out` (`<out>.ckpt`), fingerprinted by
+    /// `protocol`; None unless checkpoints are asked for.
+    pub fn beside(
+        &self,
+        out: Option<&std::path::Path>,
+        protocol: &serde_json::Value,
+    ) -> Option<crate::lrp::checkpoint::Checkpoint> {
+        let path = crate::lrp::checkpoint::Checkpoint::path_for(out?);
+        self.checkpoint_at(path, protocol)
+    }
+
+    fn checkpoint_at(
+        &self,
+        path: std::path::PathBuf,
+        protocol: &serde_json::Value,
+    ) -> Option<crate::lrp::checkpoint::Checkpoint> {
+        self.active().then(|| crate::lrp::checkpoint::Checkpoint {
+            path,
+            every: self.every.unwrap_or(0),
+            fingerprint: sha256_json(protocol),
+        })
+    }
+
     /// The attribution options of one (method, set) attribution writing beside `out`;
     /// `protocol` is everything that decides its result (fingerprinted, so a checkpoint of
     /// another run is refused).
@@ -87,20 +121,14 @@ impl Resume {
         protocol: &serde_json::Value,
         force_memory: bool,
     ) -> crate::prune::ranking::AttrRun {
-        let checkpoint = match out {
-            Some(o) if self.active() => {
-                let mut p = o.as_os_str().to_owned();
-                p.push(format!(".{tag}.ckpt"));
-                Some(crate::lrp::checkpoint::Checkpoint {
-                    path: std::path::PathBuf::from(p),
-                    every: self.every.unwrap_or(0),
-                    fingerprint: sha256_json(
-                        &serde_json::json!({"tag": tag, "protocol": protocol}),
-                    ),
-                })
-            }
-            _ => None,
-        };
+        let checkpoint = out.and_then(|o| {
+            let mut p = o.as_os_str().to_owned();
+            p.push(format!(".{tag}.ckpt"));
+            self.checkpoint_at(
+                p.into(),
+                &serde_json::json!({"tag": tag, "protocol": protocol}),
+            )
+        });
         crate::prune::ranking::AttrRun {
             checkpoint,
             resume: self.resume,

@@ -57,18 +57,13 @@ impl Provenance {
         data: Vec<DataRef>,
         start: std::time::Instant,
     ) -> Self {
-        let dtype = loaded
-            .model
-            .linears()
-            .first()
-            .map_or(DType::F32, |l| l.weight.dtype());
         Self {
             schema_version: SCHEMA_VERSION,
             command: command.into(),
             model: Some(loaded.origin.clone()),
             config_sha256: Some(loaded.config_sha256.clone()),
             data,
-            dtype: Some(dtype_name(dtype).into()),
+            dtype: Some(storage_dtype(loaded).into()),
             device: device_name(&loaded.model.device),
             sparc3_version: env!("CARGO_PKG_VERSION").into(),
             seconds: start.elapsed().as_secs_f64(),
@@ -91,6 +86,12 @@ impl Provenance {
             peak_rss_bytes: crate::util::peak_rss(),
         }
     }
+}
+
+/// Name of the loaded weights' storage dtype (compute is f32), as `--dtype` spells it.
+pub fn storage_dtype(loaded: &Loaded) -> &'static str {
+    let linears = loaded.model.linears();
+    dtype_name(linears.first().map_or(DType::F32, |l| l.weight.dtype()))
 }
 
 pub fn dtype_name(d: DType) -> &'static str {

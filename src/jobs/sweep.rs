@@ -82,7 +82,7 @@ pub fn ratios(cfg: &Config) -> Result<Vec<f64>> {
 pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
     let start = std::time::Instant::now();
     let ratios = ratios(cfg)?;
-    let methods = Method::dedup(&cfg.methods);
+    let methods = super::dedup(&cfg.methods);
     let relevance = cfg.scores.as_deref().map(RelevanceFile::read).transpose()?;
     let fresh_attribution = methods
         .iter()

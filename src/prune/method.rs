@@ -100,15 +100,4 @@ impl Method {
             _ => None,
         }
     }
-
-    /// Requested methods, duplicates dropped, in order.
-    pub fn dedup(methods: &[Method]) -> Vec<Method> {
-        let mut v: Vec<Method> = Vec::new();
-        for &m in methods {
-            if !v.contains(&m) {
-                v.push(m);
-            }
-        }
-        v
-    }
 }

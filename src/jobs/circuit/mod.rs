@@ -206,7 +206,7 @@ pub fn run(
     }
     let mut results = Vec::new();
     let mut checkpoints = Vec::new();
-    for &m in &Method::dedup(&cfg.methods) {
+    for &m in &super::dedup(&cfg.methods) {
         let (r, sel, ckpt) = one_method(loaded, cfg, prep, m, progress)?;
         results.push((r, sel));
         checkpoints.extend(ckpt);
@@ -268,12 +268,7 @@ fn one_method(
         .collect();
     let t0 = std::time::Instant::now();
     progress.stage(m.name(), prep.tasks.attribution.len() as u64);
-    let dtype = super::report::dtype_name(
-        model
-            .linears()
-            .first()
-            .map_or(candle_core::DType::F32, |l| l.weight.dtype()),
-    );
+    let dtype = super::report::storage_dtype(loaded);
     let run = cfg.resume.attr_run(
         cfg.out.as_deref(),
         &format!("{}-task", m.name()),

@@ -179,27 +179,15 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
 
 /// The fresh attribution's checkpoint beside the output, fingerprinted by what decides it.
 fn checkpoint(loaded: &Loaded, cfg: &Config, prep: &Prepared) -> Option<Checkpoint> {
-    let out = cfg.out.as_ref().filter(|_| cfg.resume.active())?;
-    let dtype = crate::jobs::report::dtype_name(
-        loaded
-            .model
-            .linears()
-            .first()
-            .map_or(candle_core::DType::F32, |l| l.weight.dtype()),
-    );
-    let fingerprint = super::sha256_json(&serde_json::json!({
+    let protocol = serde_json::json!({
         "config": loaded.config_sha256,
         "calibration": prep.calib.as_ref().map(|c| &c.info),
         "method": cfg.method.name(),
         "target": prep.target,
         "aggregation": prep.aggregation,
-        "dtype": dtype,
-    }));
-    Some(Checkpoint {
-        path: Checkpoint::path_for(out),
-        every: cfg.resume.every.unwrap_or(0),
-        fingerprint,
-    })
+        "dtype": super::report::storage_dtype(loaded),
+    });
+    cfg.resume.beside(cfg.out.as_deref(), &protocol)
 }
 
 /// A reused relevance file explains another target or aggregation than a fresh attribution

@@ -173,7 +173,7 @@ pub struct Outcome {
     pub over_budget: bool,
 }
 
-pub fn protocol(loaded: &Loaded, cfg: &Config, prep: &Prepared) -> Protocol {
+pub fn protocol(cfg: &Config, prep: &Prepared) -> Protocol {
     let lex = &prep.inputs.lexicon;
     Protocol {
         undesired_set: prep.inputs.set.info.clone(),
@@ -193,10 +193,7 @@ pub fn protocol(loaded: &Loaded, cfg: &Config, prep: &Prepared) -> Protocol {
         eval: prep.eval.clone(),
         granularity: cfg.granularity,
         layers_regex: cfg.layers.pattern(),
-        components: {
-            let _ = loaded;
-            prep.components
-        },
+        components: prep.components,
     }
 }
 
@@ -221,7 +218,7 @@ pub fn evaluate_mask(
     Ok(MaskReport {
         provenance: Provenance::of("correct --mask", loaded, prep.data_refs(), start),
         mask: path.display().to_string(),
-        protocol: protocol(loaded, cfg, prep),
+        protocol: protocol(cfg, prep),
         dense: prep.dense.clone(),
         corrected: after,
     })
@@ -239,8 +236,8 @@ pub fn run(
     let mut masks_out = Vec::new();
     let mut first: Option<Ranking> = None;
     let mut checkpoints = Vec::new();
-    let criteria = dedup(&cfg.criteria);
-    for &m in &Method::dedup(&cfg.methods) {
+    let criteria = super::dedup(&cfg.criteria);
+    for &m in &super::dedup(&cfg.methods) {
         let t0 = std::time::Instant::now();
         let (g, u, ckpts) = rank_method(loaded, cfg, prep, m, progress)?;
         checkpoints.extend(ckpts);
@@ -280,7 +277,7 @@ pub fn run(
         .masks;
     let report = Report {
         provenance: Provenance::of("correct", loaded, prep.data_refs(), start),
-        protocol: protocol(loaded, cfg, prep),
+        protocol: protocol(cfg, prep),
         dense: prep.dense.clone(),
         written: Written {
             method: sweeps[0].method,
@@ -314,16 +311,6 @@ pub fn run(
     })
 }
 
-fn dedup(criteria: &[Criterion]) -> Vec<Criterion> {
-    let mut v: Vec<Criterion> = Vec::new();
-    for &c in criteria {
-        if !v.contains(&c) {
-            v.push(c);
-        }
-    }
-    v
-}
-
 type Ranked = (Ranking, Ranking, Vec<Checkpoint>);
 
 /// Rank the components on both sets with one method: `(general, undesired)`.
@@ -334,13 +321,7 @@ fn rank_method(
     m: Method,
     progress: &dyn Progress,
 ) -> Result<Ranked> {
-    let dtype = super::report::dtype_name(
-        loaded
-            .model
-            .linears()
-            .first()
-            .map_or(candle_core::DType::F32, |l| l.weight.dtype()),
-    );
+    let dtype = super::report::storage_dtype(loaded);
     let lexicon_sha = prep.token_set.as_ref().map(|_| &prep.inputs.lexicon.sha256);
     // What decides each attribution's result (checkpoints of another run are refused).
     let fp = |set: &str, sha: &str| {
