@@ -67,6 +67,7 @@ pub enum Setting {
     EvalWindows,
     Samples,
     Holdout,
+    Out,
 }
 
 impl Setting {
@@ -89,6 +90,31 @@ impl Setting {
             Setting::EvalWindows => "evaluation window count",
             Setting::Samples => "sample count",
             Setting::Holdout => "held-out fraction",
+            Setting::Out => "output",
+        }
+    }
+}
+
+/// What the user can do about an error. Below the CLI it is said in plain words; the CLI says
+/// it with its flags (`(use --force to replace it)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// The output exists: replacing it must be asked for.
+    Replace,
+    /// An interrupted run left a checkpoint that a rerun can resume from.
+    Resume,
+    /// The run needs more memory than is available; `store`: all activations are kept.
+    LessMemory { store: bool },
+}
+
+impl Remedy {
+    /// The remedy in plain words, appended to the message as is.
+    pub fn words(self) -> &'static str {
+        match self {
+            Remedy::Replace => " (ask to replace it)",
+            Remedy::Resume => " (rerun resuming from it)",
+            Remedy::LessMemory { store: true } => "; lower it with the recompute memory mode, a shorter sequence or bf16 weights (or force the run to try anyway)",
+            Remedy::LessMemory { store: false } => "; lower it with a shorter sequence or bf16 weights (or force the run to try anyway)",
         }
     }
 }
@@ -98,15 +124,17 @@ impl Setting {
 struct Tagged {
     kind: Kind,
     setting: Option<Setting>,
+    remedy: Option<Remedy>,
     msg: String,
 }
 
 impl fmt::Display for Tagged {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.setting {
-            Some(s) => write!(f, "{} {}", s.what(), self.msg),
-            None => f.write_str(&self.msg),
+        if let Some(s) = self.setting {
+            write!(f, "{} ", s.what())?;
         }
+        f.write_str(&self.msg)?;
+        f.write_str(self.remedy.map_or("", Remedy::words))
     }
 }
 
@@ -117,6 +145,17 @@ pub fn err(kind: Kind, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Tagged {
         kind,
         setting: None,
+        remedy: None,
+        msg: msg.into(),
+    })
+}
+
+/// An error of `kind` that the user can act on: `msg` is followed by the remedy (see [`Remedy`]).
+pub fn with_remedy(kind: Kind, msg: impl Into<String>, remedy: Remedy) -> anyhow::Error {
+    anyhow::Error::new(Tagged {
+        kind,
+        setting: None,
+        remedy: Some(remedy),
         msg: msg.into(),
     })
 }
@@ -131,6 +170,7 @@ pub fn about(kind: Kind, setting: Setting, detail: impl Into<String>) -> anyhow:
     anyhow::Error::new(Tagged {
         kind,
         setting: Some(setting),
+        remedy: None,
         msg: detail.into(),
     })
 }
@@ -143,12 +183,20 @@ macro_rules! invalid {
     };
 }
 
-/// The value an error is about, its detail and its kind, if it is such an error.
-pub fn setting_of(e: &anyhow::Error) -> Option<(Setting, &str, Kind)> {
-    e.chain().find_map(|c| {
-        c.downcast_ref::<Tagged>()
-            .and_then(|t| t.setting.map(|s| (s, t.msg.as_str(), t.kind)))
-    })
+/// Say an error's tagged link again with `say(setting, remedy, message)` (`None`: leave it),
+/// keeping its kind and the context around it. The CLI names its flags this way.
+pub fn reword(
+    e: anyhow::Error,
+    say: impl Fn(Option<Setting>, Option<Remedy>, &str) -> Option<String>,
+) -> anyhow::Error {
+    let Some(t) = e.chain().find_map(|c| c.downcast_ref::<Tagged>()) else {
+        return e;
+    };
+    let Some(new) = say(t.setting, t.remedy, &t.msg) else {
+        return e;
+    };
+    let full = format!("{e:#}").replacen(&t.to_string(), &new, 1);
+    err(t.kind, full)
 }
 
 /// `bail!` for user-facing errors: `fail!(Input, "config.json: ...")`.
@@ -187,4 +235,40 @@ pub fn kind_of(e: &anyhow::Error) -> Option<Kind> {
 /// Exit code for an error chain (1 when untagged).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     kind_of(e).map(Kind::exit_code).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn domain_errors_say_values_and_remedies_in_words() {
+        let e = invalid(Setting::SeqLen, "600 is larger than the model's context");
+        assert_eq!(
+            e.to_string(),
+            "sequence length 600 is larger than the model's context"
+        );
+        let e = with_remedy(Kind::Output, "out.st already exists", Remedy::Replace);
+        assert_eq!(e.to_string(), "out.st already exists (ask to replace it)");
+        assert!(!e.to_string().contains("--"));
+        assert_eq!(exit_code(&e), 4);
+    }
+
+    #[test]
+    fn reword_keeps_the_kind_and_the_context_around() {
+        let e = with_remedy(Kind::Interrupted, "checkpoint written", Remedy::Resume);
+        let e = Err::<(), _>(e).context("attributing").unwrap_err();
+        let r = reword(e, |_, r, msg| Some(format!("{msg} [{r:?}]")));
+        assert_eq!(
+            format!("{r:#}"),
+            "attributing: checkpoint written [Some(Resume)]"
+        );
+        assert_eq!(exit_code(&r), 130);
+        let plain = err(Kind::Input, "bad");
+        let r = reword(plain, |s, r, _| {
+            (s.is_some() || r.is_some()).then(String::new)
+        });
+        assert_eq!(format!("{r:#}"), "bad");
+    }
 }

@@ -90,18 +90,19 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// A job's error about one chosen value, re-worded with the flag that sets it (`flags`: this
-/// command's own spellings).
+/// command's own spellings); a remedy is said with the flags that apply it.
 fn name_flag(e: anyhow::Error, flags: &[(Setting, &str)]) -> anyhow::Error {
-    match crate::error::setting_of(&e) {
-        Some((s, detail, kind)) => {
-            let flag = flags
-                .iter()
-                .find(|f| f.0 == s)
-                .map_or(values::flag_of(s), |f| f.1);
-            crate::error::err(kind, format!("{flag} {detail}"))
+    crate::error::reword(e, |setting, remedy, msg| {
+        if setting.is_none() && remedy.is_none() {
+            return None;
         }
-        None => e,
-    }
+        let flag = setting.map_or(String::new(), |s| {
+            let f = flags.iter().find(|f| f.0 == s);
+            format!("{} ", f.map_or(values::flag_of(s), |f| f.1))
+        });
+        let remedy = remedy.map_or("", values::remedy_flags);
+        Some(format!("{flag}{msg}{remedy}"))
+    })
 }
 
 /// Set the worker thread count for rayon and candle's matmuls (before any parallel work).

@@ -137,5 +137,17 @@ pub fn flag_of(s: crate::error::Setting) -> &'static str {
         EvalWindows => "--eval-windows",
         Samples => "--samples",
         Holdout => "--holdout",
+        Out => "--out",
+    }
+}
+
+/// A remedy named in a domain error, said with the flags that apply it.
+pub fn remedy_flags(r: crate::error::Remedy) -> &'static str {
+    use crate::error::Remedy::*;
+    match r {
+        Replace => " (use --force to replace it)",
+        Resume => " (rerun with --resume)",
+        LessMemory { store: true } => "; lower it with --memory recompute, a smaller --seq-len or --dtype bf16 (or --force to try anyway)",
+        LessMemory { store: false } => "; lower it with a smaller --seq-len or --dtype bf16 (or --force to try anyway)",
     }
 }

@@ -6,6 +6,7 @@
 //! The writer takes what it writes ([`Contents`]: the config, the tensors, the model whose
 //! linear weights replace them, the tokenizer files).
 
+use crate::error::{self, Kind, Remedy, Setting};
 use crate::fail;
 use crate::model::weights::WeightStore;
 use crate::model::DecoderModel;
@@ -47,27 +48,27 @@ pub fn check_out(
     if let (Some(dir), Some(oc)) = (model_dir, out_c.as_ref()) {
         if let Ok(d) = dir.canonicalize() {
             if &d == oc {
-                fail!(
-                    Usage,
-                    "--out {} is the model's own directory; refusing to overwrite the input",
+                let msg = format!(
+                    "{} is the model's own directory; refusing to overwrite the input",
                     out.display()
                 );
+                return Err(error::about(Kind::Usage, Setting::Out, msg));
             }
             if oc.starts_with(&d) {
-                fail!(
-                    Usage,
-                    "--out {} is inside the model's directory {}; write it elsewhere",
+                let msg = format!(
+                    "{} is inside the model's directory {}; write it elsewhere",
                     out.display(),
                     dir.display()
                 );
+                return Err(error::about(Kind::Usage, Setting::Out, msg));
             }
             if d.starts_with(oc) {
-                fail!(
-                    Usage,
-                    "--out {} holds the model's directory {}; replacing it would delete the input",
+                let msg = format!(
+                    "{} holds the model's directory {}; replacing it would delete the input",
                     out.display(),
                     dir.display()
                 );
+                return Err(error::about(Kind::Usage, Setting::Out, msg));
             }
         }
     }
@@ -87,11 +88,8 @@ pub fn check_out(
     }
     if out.exists() {
         if !force {
-            fail!(
-                Output,
-                "{} already exists (use --force to replace it)",
-                out.display()
-            );
+            let msg = format!("{} already exists", out.display());
+            return Err(error::with_remedy(Kind::Output, msg, Remedy::Replace));
         }
         if !out.is_dir() {
             fail!(Output, "{} exists and is not a directory", out.display());

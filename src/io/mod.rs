@@ -5,6 +5,7 @@
 pub mod hf;
 pub mod svg;
 
+use crate::error::{self, Kind, Remedy};
 use crate::fail;
 use crate::util::fs::{parent_dir, probe_writable};
 use anyhow::Result;
@@ -26,11 +27,8 @@ pub fn check_output(out: &Path, force: bool, inputs: &[PathBuf]) -> Result<()> {
         }
     }
     if out.exists() && !force {
-        fail!(
-            Output,
-            "{} already exists (use --force to replace it)",
-            out.display()
-        );
+        let msg = format!("{} already exists", out.display());
+        return Err(error::with_remedy(Kind::Output, msg, Remedy::Replace));
     }
     if out.is_dir() {
         fail!(

@@ -5,6 +5,7 @@
 //! the run's protocol and refuses to resume a different run.
 
 use super::{run_one, MemoryMode, Target};
+use crate::error::{self, Kind, Remedy};
 use crate::fail;
 use crate::model::DecoderModel;
 use crate::relevance::accum::{Accumulators, LinearAcc};
@@ -231,13 +232,13 @@ pub fn run_samples_resumable(
                 if let (Some(c), true) = (ckpt, crate::util::interrupt::interrupted()) {
                     if !starts.is_empty() {
                         c.save(acc, &token_rel, &starts)?;
-                        fail!(
-                            Interrupted,
-                            "interrupted after {} of {} samples; checkpoint written to {} (rerun with --resume)",
+                        let msg = format!(
+                            "interrupted after {} of {} samples; checkpoint written to {}",
                             starts.len(),
                             samples.len(),
                             c.path.display()
                         );
+                        return Err(error::with_remedy(Kind::Interrupted, msg, Remedy::Resume));
                     }
                 }
                 return Err(e);

@@ -1,7 +1,7 @@
 //! The memory guard: estimates of an attribution's peak memory, the refusal of a run that
 //! would not fit, and the automatic choice between keeping and recomputing activations.
 
-use crate::fail;
+use crate::error::{self, Kind, Remedy};
 use crate::model::DecoderModel;
 use anyhow::Result;
 
@@ -57,8 +57,8 @@ pub fn memory_needed(
     weights + acc + acts + logits + largest * 4 * 2
 }
 
-/// Refuse a run that would not fit in the memory available (unless `force`), naming the flags
-/// that lower it.
+/// Refuse a run that would not fit in the memory available (unless `force`), saying what lowers
+/// it.
 pub fn check_memory(
     model: &DecoderModel,
     seq_len: usize,
@@ -72,16 +72,17 @@ pub fn check_memory(
     };
     if need > avail && !force {
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-        let hint = match mode {
-            MemoryMode::Store => "--memory recompute, a smaller --seq-len or --dtype bf16",
-            MemoryMode::Recompute => "a smaller --seq-len or --dtype bf16",
-        };
-        fail!(
-            Resource,
-            "this run needs about {:.1} GiB of memory but {:.1} GiB are available; lower it with {hint} (or --force to try anyway)",
+        let msg = format!(
+            "this run needs about {:.1} GiB of memory but {:.1} GiB are available",
             gib(need),
             gib(avail)
         );
+        let store = mode == MemoryMode::Store;
+        return Err(error::with_remedy(
+            Kind::Resource,
+            msg,
+            Remedy::LessMemory { store },
+        ));
     }
     Ok(())
 }
