@@ -37,9 +37,10 @@ fn main() -> anyhow::Result<()> {
     );
     let loaded = sparc3::source::load(&sparc3::source::ModelRequest::cpu(model.clone()))?;
     println!(
-        "model {model}, {} threads, matmul backend {}",
+        "model {model}, {} threads, matmul backend {}, vector level {:?}",
         rayon::current_num_threads(),
-        sparc3::kernels::gemm::backend()
+        sparc3::kernels::gemm::backend(),
+        sparc3::kernels::level()
     );
     let text =
         std::fs::read_to_string(root.join("../../data/wikitext-2-raw/wiki.test.joined.txt"))?;

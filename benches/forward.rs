@@ -24,9 +24,11 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let loaded = sparc3::source::load(&sparc3::source::ModelRequest::cpu(model.clone()))?;
     println!(
-        "model {model}: loaded in {:.2} s, {} threads",
+        "model {model}: loaded in {:.2} s, {} threads, matmul backend {}, vector level {:?}",
         t0.elapsed().as_secs_f64(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        sparc3::kernels::gemm::backend(),
+        sparc3::kernels::level()
     );
     let text =
         std::fs::read_to_string(root.join("../../data/wikitext-2-raw/wiki.test.joined.txt"))?;

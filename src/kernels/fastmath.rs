@@ -2,20 +2,19 @@
 //! and the gated MLP, and `wide`, which compiles a loop for the widest vector unit present (the
 //! crate itself targets baseline x86-64, whose SSE2 has 4 lanes and no `floor`).
 
-/// Run `f` compiled for the widest vector unit of this CPU (AVX-512, else AVX2 + FMA): the
-/// closure inlines into a wrapper with those target features, so its loops vectorize with
-/// 16 (8) lanes. Same results up to the rounding of contracted multiply-adds.
+/// Run `f` compiled for the widest vector unit of this CPU (AVX-512, else AVX2 + FMA; see
+/// [`level`](super::level)): the closure inlines into a wrapper with those target features,
+/// so its loops vectorize with 16 (8) lanes. Same results up to the rounding of contracted multiply-adds.
 #[inline(always)]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { wide512(f) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { wide256(f) };
+        use super::Level;
+        match super::level() {
+            // SAFETY: `level` reports only features detected at run time.
+            Level::Avx512 => return unsafe { wide512(f) },
+            Level::Avx2 => return unsafe { wide256(f) },
+            Level::Baseline => {}
         }
     }
     f()

@@ -1,44 +1,85 @@
 //! 2-D matrix products for the linear layers and the relevance pass.
 //!
-//! f32 products on the CPU go, in order of preference, to our packed kernel with the AVX-512
-//! tile (`packed.rs`, `avx512.rs`), to `cblas_sgemm` of the `openblas` or `mkl` cargo feature,
-//! or to candle's matmul (the `gemm` crate, whose AVX2 kernels a plain AVX2 tile of ours did
-//! not beat). Operands may be contiguous or transposed views, never copied.
-//! `SPARC3_GEMM=candle|blas|avx512` forces one backend (for benchmarks).
+//! f32 products on the CPU go, in order of preference, to our packed kernel (`packed.rs`) with
+//! the AVX-512 tile (`avx512.rs`) or the AVX2 + FMA tile (`avx2.rs`), to `cblas_sgemm` of the
+//! `openblas` or `mkl` cargo feature, or to candle's matmul (the `gemm` crate). Operands may be
+//! contiguous or transposed views, never copied. `SPARC3_GEMM=avx512|avx2|portable|blas|candle`
+//! forces one (for comparisons; `portable` is the packed driver with a plain-Rust tile, the
+//! way other CPUs can run it); `avx2` and `portable` also hold the elementwise kernels to that
+//! width (see [`level`](super::level)).
 
+use super::Level;
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use std::sync::OnceLock;
 
 pub use super::packed::Fold;
 
+/// Which register tile drives the packed product.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tile {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
-    Avx512,
+    Packed(Tile),
     Blas,
     Candle,
+}
+
+/// `f::<I>()` with `I` the instruction set of `tile`.
+macro_rules! on_tile {
+    ($tile:expr, $f:ident ( $($arg:expr),* )) => {
+        match $tile {
+            #[cfg(target_arch = "x86_64")]
+            Tile::Avx512 => $f::<super::avx512::Avx512>($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            Tile::Avx2 => $f::<super::avx2::Avx2>($($arg),*),
+            Tile::Portable => $f::<super::portable::Portable>($($arg),*),
+        }
+    };
 }
 
 fn chosen() -> Backend {
     static B: OnceLock<Backend> = OnceLock::new();
     *B.get_or_init(|| {
-        let blas = cfg!(any(feature = "openblas", feature = "mkl"));
-        #[cfg(target_arch = "x86_64")]
-        let avx512 = {
-            use super::packed::Isa;
-            super::avx512::Avx512::available()
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx512 = false;
-        match std::env::var("SPARC3_GEMM").as_deref() {
-            Ok("candle") => Backend::Candle,
-            Ok("blas") if blas => Backend::Blas,
-            Ok("avx512") if avx512 => Backend::Avx512,
-            _ if avx512 => Backend::Avx512,
-            _ if blas => Backend::Blas,
-            _ => Backend::Candle,
+        let asked = std::env::var("SPARC3_GEMM").ok();
+        let b = pick(asked.as_deref());
+        if let Some(a) = &asked {
+            if name(b) != a.as_str() {
+                eprintln!(
+                    "warning: SPARC3_GEMM={a} is not one of avx512, avx2, portable, blas, candle available here; using {}",
+                    name(b)
+                );
+            }
         }
+        b
     })
+}
+
+/// The backend asked for where this build and CPU have it, else the best one available.
+fn pick(asked: Option<&str>) -> Backend {
+    let blas = cfg!(any(feature = "openblas", feature = "mkl"));
+    let level = super::level();
+    let best = match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => Backend::Packed(Tile::Avx512),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => Backend::Packed(Tile::Avx2),
+        _ if blas => Backend::Blas,
+        _ => Backend::Candle,
+    };
+    match asked {
+        Some("candle") => Backend::Candle,
+        Some("blas") if blas => Backend::Blas,
+        Some("portable") => Backend::Packed(Tile::Portable),
+        _ => best,
+    }
 }
 
 /// `a · b` for 2-D tensors (`[m, k] · [k, n]`); either operand may be a transposed view.
@@ -55,11 +96,10 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// The chosen backend's product where it can read the operands as they are (f32 on the CPU,
 /// strided views), else candle's.
 fn product(a: &Tensor, b: &Tensor, batched: bool) -> Result<Tensor> {
+    use packed_ops::{bmm, mm};
     let fast = match chosen() {
-        #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 if batched => avx::bmm::<super::avx512::Avx512>(a, b)?,
-        #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => avx::mm::<super::avx512::Avx512>(a, b)?,
+        Backend::Packed(t) if batched => on_tile!(t, bmm(a, b))?,
+        Backend::Packed(t) => on_tile!(t, mm(a, b))?,
         #[cfg(any(feature = "openblas", feature = "mkl"))]
         Backend::Blas if batched => blas::bmm(a, b)?,
         #[cfg(any(feature = "openblas", feature = "mkl"))]
@@ -72,8 +112,8 @@ fn product(a: &Tensor, b: &Tensor, batched: bool) -> Result<Tensor> {
     }
 }
 
-/// Number of threads the BLAS backend uses (no-op without the `openblas` feature; the AVX-512
-/// kernel runs on the rayon pool).
+/// Number of threads the BLAS backend uses (no-op without the `openblas` feature; the packed
+/// kernels run on the rayon pool).
 pub fn set_threads(n: usize) {
     #[cfg(any(feature = "openblas", feature = "mkl"))]
     blas::set_threads(n);
@@ -81,12 +121,25 @@ pub fn set_threads(n: usize) {
     let _ = n;
 }
 
+/// The matrix kernel in use, as `SPARC3_GEMM` names it (`blas`: the linked library's name).
 pub fn backend() -> &'static str {
     match chosen() {
-        Backend::Avx512 => "avx512",
         Backend::Blas if cfg!(feature = "mkl") => "mkl",
         Backend::Blas => "openblas",
         Backend::Candle => "candle-gemm",
+        b => name(b),
+    }
+}
+
+fn name(b: Backend) -> &'static str {
+    match b {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Packed(Tile::Avx512) => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Backend::Packed(Tile::Avx2) => "avx2",
+        Backend::Packed(Tile::Portable) => "portable",
+        Backend::Blas => "blas",
+        Backend::Candle => "candle",
     }
 }
 
@@ -143,7 +196,6 @@ fn both_cpu_f32(a: &Tensor, b: &Tensor) -> bool {
 
 /// `f(m, n, k, a, b)` on the operands of `a · b` (2-D) where both are f32 CPU strided views;
 /// `None` where they are not.
-#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
 fn with_operands<R>(
     a: &Tensor,
     b: &Tensor,
@@ -172,7 +224,6 @@ fn with_operands<R>(
 
 /// `a · b` (2-D) by `f(m, n, k, a, b, out)`, which must write all m·n outputs (row-major),
 /// where both operands are f32 CPU strided views; `None` where they are not.
-#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
 fn strided_mm(
     a: &Tensor,
     b: &Tensor,
@@ -192,45 +243,50 @@ fn strided_mm(
 }
 
 /// `acc[i, j] += fold(w[i, j], (a · b)[i, j])` without forming `a · b` (`w` and `acc` row-major
-/// `[m, n]`), where the chosen backend can fuse it: the AVX-512 kernel with f32 CPU operands.
+/// `[m, n]`), where the chosen backend can fuse it: a packed kernel with f32 CPU operands.
 /// Returns false, having done nothing, elsewhere.
 pub fn mm_fold(a: &Tensor, b: &Tensor, w: &[f32], acc: &mut [f32], fold: Fold) -> Result<bool> {
-    #[cfg(target_arch = "x86_64")]
-    if chosen() == Backend::Avx512 {
-        use super::avx512::Avx512;
-        use super::packed::matmul_fold;
-        let done = with_operands(a, b, |m, n, k, x, y| {
-            anyhow::ensure!(
-                w.len() == m * n && acc.len() == m * n,
-                "fused product: [{m}, {n}] output against {} weights and {} sums",
-                w.len(),
-                acc.len()
-            );
-            // SAFETY: AVX-512 was detected (the backend is only chosen then); the operands
-            // come from `with_operands`, `w` and `acc` hold m·n values.
-            unsafe {
-                matmul_fold::<Avx512>(
-                    m,
-                    n,
-                    k,
-                    avx::view(x),
-                    avx::view(y),
-                    w.as_ptr(),
-                    acc.as_mut_ptr(),
-                    fold,
-                )
-            };
-            Ok(())
-        })?;
-        return done.transpose().map(|d| d.is_some());
+    match chosen() {
+        Backend::Packed(t) => on_tile!(t, fold_with(a, b, w, acc, fold)),
+        _ => Ok(false),
     }
-    let _ = (a, b, w, acc, fold);
-    Ok(false)
+}
+
+fn fold_with<I: super::packed::Isa>(
+    a: &Tensor,
+    b: &Tensor,
+    w: &[f32],
+    acc: &mut [f32],
+    fold: Fold,
+) -> Result<bool> {
+    let done = with_operands(a, b, |m, n, k, x, y| {
+        anyhow::ensure!(
+            w.len() == m * n && acc.len() == m * n,
+            "fused product: [{m}, {n}] output against {} weights and {} sums",
+            w.len(),
+            acc.len()
+        );
+        // SAFETY: the tile's instruction set was detected (the backend is only chosen then);
+        // the operands come from `with_operands`, `w` and `acc` hold m·n values.
+        unsafe {
+            super::packed::matmul_fold::<I>(
+                m,
+                n,
+                k,
+                packed_ops::view(x),
+                packed_ops::view(y),
+                w.as_ptr(),
+                acc.as_mut_ptr(),
+                fold,
+            )
+        };
+        Ok(())
+    })?;
+    done.transpose().map(|d| d.is_some())
 }
 
 /// Batched `[B, H, m, k] · [B, H, k, n]` by `f` per (batch, head) pair as in `strided_mm`, the
 /// pairs in parallel on the rayon pool or in turn.
-#[allow(dead_code)] // without a fast backend (not x86-64, no BLAS feature)
 fn strided_bmm(
     a: &Tensor,
     b: &Tensor,
@@ -282,8 +338,7 @@ fn strided_bmm(
     Ok(Some(Tensor::from_vec(c, (b0, h, m, n), a.device())?))
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx {
+mod packed_ops {
     use super::super::packed::{matmul, matmul_single, Isa, View};
     use super::Operand;
     use anyhow::Result;

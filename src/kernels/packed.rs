@@ -3,8 +3,8 @@
 //!
 //! A and B are strided views (row-major or transposed, never copied): B is packed into KC×NR
 //! column panels, A into MR×KC row panels, and an MR×NR register tile runs over KC. An
-//! instruction set supplies the tile and the packing ([`Isa`]; `avx512.rs`, another would be one
-//! more file); this file holds the blocking and the threading. Work is split over the rayon pool
+//! instruction set supplies the tile and the packing ([`Isa`]: `avx512.rs`, `avx2.rs`,
+//! `portable.rs`); this file holds the blocking and the threading. Work is split over the rayon pool
 //! by output columns (or rows); every output element is summed in the same order whatever the
 //! split, so results do not depend on the thread count. [`matmul_fold`] adds a function of the
 //! product to a running sum in the tile's epilogue instead of storing the product.
@@ -12,8 +12,18 @@
 use std::cell::RefCell;
 
 const KC: usize = 256;
+/// The k block for outputs too large for the cache ([`LARGE_C`]): every further block re-reads
+/// and re-writes the whole output from memory (a third of the time of the 49152-wide output
+/// layer at 256).
+const KC_LARGE_C: usize = 640;
+/// Output size (bytes) above which C streams from memory rather than staying in the caches
+/// (the output layer's 512 × 49152 floats are 96 MiB; a 512-token MLP output is 3 MiB, where
+/// 256 and 640 measured alike).
+const LARGE_C: usize = 8 << 20;
 const MC: usize = 256;
 const NC: usize = 4096;
+/// Values a packing routine may write past the last panel.
+pub const SLACK: usize = 16;
 
 /// One instruction set's register tile and packing routines.
 pub trait Isa {
@@ -22,14 +32,16 @@ pub trait Isa {
     const NR: usize;
     fn available() -> bool;
     /// A[ic.., pc..] (mc×kc) into MR-high panels, each kc columns of MR values, zero-padded.
+    /// Panels are written in order and may be overwritten past their end by up to [`SLACK`]
+    /// values (whole-vector stores of a narrower panel row).
     ///
     /// # Safety
-    /// `available()`; the view covers the block; `dst` holds ⌈mc/MR⌉·MR·kc values.
+    /// `available()`; the view covers the block; `dst` holds ⌈mc/MR⌉·MR·kc + SLACK values.
     unsafe fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, dst: *mut f32);
     /// B[pc.., jc..] (kc×nc) into NR-wide panels, each kc rows of NR values, zero-padded.
     ///
     /// # Safety
-    /// As for `pack_a`, with ⌈nc/NR⌉·NR·kc values.
+    /// As for `pack_a`, with ⌈nc/NR⌉·NR·kc + SLACK values.
     unsafe fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, dst: *mut f32);
     /// The MR×NR tile `Apanel · Bpanel` over kc, put into `out` as its mode says; only
     /// `mr`×`nr` of it is stored.
@@ -196,6 +208,7 @@ unsafe fn split<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Til
         }
         return;
     }
+    let c_bytes = m * n * std::mem::size_of::<f32>();
     let (col_tiles, row_tiles) = (n.div_ceil(I::NR), m.div_ceil(I::MR));
     let parts = if m * n * k < 1 << 18 {
         1
@@ -203,7 +216,7 @@ unsafe fn split<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Til
         threads.min(col_tiles.max(row_tiles))
     };
     if parts <= 1 {
-        block::<I>(m, n, k, a, b, out);
+        block::<I>(m, n, k, a, b, out, c_bytes);
         return;
     }
     // Split columns into `parts` contiguous tile ranges where there are enough (each part then
@@ -229,13 +242,13 @@ unsafe fn split<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Til
                             ptr: b.ptr.add(lo * b.cs),
                             ..b
                         };
-                        block::<I>(m, hi - lo, k, a, b, out.at(0, lo));
+                        block::<I>(m, hi - lo, k, a, b, out.at(0, lo), c_bytes);
                     } else {
                         let a = View {
                             ptr: a.ptr.add(lo * a.rs),
                             ..a
                         };
-                        block::<I>(hi - lo, n, k, a, b, out.at(lo, 0));
+                        block::<I>(hi - lo, n, k, a, b, out.at(lo, 0), c_bytes);
                     }
                 }
             });
@@ -244,22 +257,26 @@ unsafe fn split<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Til
 }
 
 /// One thread's product of an m×n block of the output.
-unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Tile) {
+/// `c_bytes`: the size of the whole product's output.
+unsafe fn block<I: Isa>(m: usize, n: usize, k: usize, a: View, b: View, out: Tile, c_bytes: usize) {
     let fold = matches!(out.mode, Mode::Fold { .. });
     // Equal k blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), rounded up to whole
-    // 16-row transposes; a fold takes k whole (its k is a sequence's tokens) with fewer rows
-    // of A per block instead, keeping the packed A block as small.
+    // 16-row transposes, or of KC_LARGE_C for an output that does not fit in the cache (one
+    // block for 576); a fold takes k whole (its k is a sequence's tokens) with fewer rows of A
+    // per block instead, keeping the packed A block as small. The choice depends on the whole
+    // product's shape (`c_bytes`), not on this thread's part of it.
+    let kmax = if c_bytes > LARGE_C { KC_LARGE_C } else { KC };
     let kb = if fold {
         k
     } else {
-        k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC)
+        k.div_ceil(k.div_ceil(kmax)).next_multiple_of(16).min(kmax)
     };
     let mcb = (MC * KC / kb.max(KC)).max(I::MR) / I::MR * I::MR; // whole panels per A block
     PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         let (pa, pb) = &mut *buf;
-        let need_a = mcb.min(m.next_multiple_of(I::MR)) * kb;
-        let need_b = NC.min(n.next_multiple_of(I::NR)) * kb;
+        let need_a = mcb.min(m.next_multiple_of(I::MR)) * kb + SLACK;
+        let need_b = NC.min(n.next_multiple_of(I::NR)) * kb + SLACK;
         if pa.len() < need_a {
             pa.resize(need_a, 0.0);
         }
@@ -333,7 +350,11 @@ mod tests {
             if super::super::avx512::Avx512::available() {
                 check::<super::super::avx512::Avx512>();
             }
+            if super::super::avx2::Avx2::available() {
+                check::<super::super::avx2::Avx2>();
+            }
         }
+        check::<super::super::portable::Portable>();
     }
 
     fn check<I: Isa>() {
@@ -348,6 +369,7 @@ mod tests {
             (64, 600, 520),
             (520, 40, 700),
             (260, 7, 300),
+            (40, 60000, 300), // an output past LARGE_C: k blocks of up to KC_LARGE_C
         ];
         let mut seed = 1u64;
         let mut rnd = move || {
@@ -358,6 +380,9 @@ mod tests {
         };
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                if m * n > 1 << 21 && (ta, !tb) != (false, false) {
+                    continue; // the large output: the linear layers' x · Wᵀ only (time)
+                }
                 let pad = 3;
                 // Stored with a padded leading dimension; transposed ones stored k-major.
                 let (ar, ac, alen) = if ta {
@@ -383,13 +408,13 @@ mod tests {
                     rs: br,
                     cs: bc,
                 };
+                let r = reference(m, n, k, &a, ar, ac, &b, br, bc);
                 for threads in [1, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
                     pool.install(|| unsafe { matmul::<I>(m, n, k, va, vb, c.as_mut_ptr()) });
-                    let r = reference(m, n, k, &a, ar, ac, &b, br, bc);
                     for (x, y) in c.iter().zip(&r) {
                         assert!(
                             (*x as f64 - y).abs() <= 1e-5 * (k as f64).sqrt().max(1.0),
