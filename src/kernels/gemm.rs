@@ -8,6 +8,7 @@
 //! way other CPUs can run it); `avx2` and `portable` also hold the elementwise kernels to that
 //! width (see [`level`](super::level)).
 
+#[cfg(target_arch = "x86_64")]
 use super::Level;
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};

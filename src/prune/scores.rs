@@ -72,23 +72,18 @@ impl InputStats {
         }
     }
 
-    /// Add the rows of `x` (`[.., in]`).
-    fn add(&mut self, x: &Tensor) -> Result<()> {
-        let n = x.dims()[x.rank() - 1];
-        let x = x.reshape(((), n))?;
-        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
-        let ab = x.abs()?.sum(0)?.to_vec1::<f32>()?;
+    /// Add per-column sums of squares and of absolute values over `rows` rows.
+    fn add_sums(&mut self, sq: &[f32], ab: &[f32], rows: usize) {
         for ((a, b), (s, t)) in self
             .sumsq
             .iter_mut()
             .zip(self.sumabs.iter_mut())
-            .zip(sq.iter().zip(&ab))
+            .zip(sq.iter().zip(ab))
         {
             *a += *s as f64;
             *b += *t as f64;
         }
-        self.tokens += x.dims()[0];
-        Ok(())
+        self.tokens += rows;
     }
 
     /// ‖X_j‖₂ per input feature.
@@ -109,13 +104,44 @@ fn add_block_stats(
     sv: &crate::model::BlockSaved,
     stats: &mut HashMap<String, InputStats>,
 ) -> Result<()> {
+    // Layers reading the same input (q/k/v, gate/up) share one pass over it.
+    let mut sums: HashMap<candle_core::TensorId, (Vec<f32>, Vec<f32>, usize)> = HashMap::new();
     for (lin, x) in block.linear_inputs(sv) {
+        if let std::collections::hash_map::Entry::Vacant(e) = sums.entry(x.id()) {
+            e.insert(column_sums(x)?);
+        }
+        let (sq, ab, rows) = &sums[&x.id()];
         stats
             .entry(lin.name.clone())
             .or_insert_with(|| InputStats::new(lin.in_features()))
-            .add(x)?;
+            .add_sums(sq, ab, *rows);
     }
     Ok(())
+}
+
+/// Per-column `Σ_t x_tj²` and `Σ_t |x_tj|` in f32 over the rows of `x` (`[.., in]`), summed
+/// row after row from zero (the order of candle's `sum(0)`, which the CPU path replaces: one
+/// pass, no temporaries), and the row count.
+fn column_sums(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+    let n = x.dims()[x.rank() - 1];
+    let x = x.reshape(((), n))?;
+    let rows = x.dims()[0];
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
+        let ab = x.abs()?.sum(0)?.to_vec1::<f32>()?;
+        return Ok((sq, ab, rows));
+    }
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    let (mut sq, mut ab) = (vec![0f32; n], vec![0f32; n]);
+    crate::kernels::fastmath::wide(|| {
+        for row in v.chunks_exact(n.max(1)) {
+            for ((s, a), x) in sq.iter_mut().zip(ab.iter_mut()).zip(row) {
+                *s += x * x;
+                *a += x.abs();
+            }
+        }
+    });
+    Ok((sq, ab, rows))
 }
 
 /// Input statistics of every linear layer of the dense model over `samples`.
