@@ -4,7 +4,7 @@
 //! register transposes. For the CPUs without AVX-512: most laptops and desktops, AMD before
 //! Zen 4 and many servers.
 
-use super::packed::{Fold, Isa, Mode, Tile, View};
+use super::packed::{pack_lanes, Fold, Isa, Mode, Tile, View};
 use std::arch::x86_64::*;
 
 const MR: usize = 6;
@@ -152,15 +152,7 @@ unsafe fn pack<const W: usize>(
                 });
                 transpose_into(&src, kc, panel.add(c0), W, width);
             } else {
-                for i in 0..width {
-                    for p in 0..kc {
-                        *panel.add(p * W + c0 + i) = if i < valid {
-                            *first.add((c0 + i) * ls + p * ss)
-                        } else {
-                            0.0
-                        };
-                    }
-                }
+                pack_lanes(first, ls, ss, (c0, width, valid), kc, panel, W);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! OpenBLAS 0.3.21 (which takes recent AMD cores for Haswell) uses 512-bit registers, and
 //! PyTorch's MKL does not on AMD: on such a core this does twice the work per instruction.
 
-use super::packed::{Fold, Isa, Mode, Tile, View};
+use super::packed::{pack_lanes, Fold, Isa, Mode, Tile, View};
 use std::arch::x86_64::*;
 
 const MR: usize = 8;
@@ -116,15 +116,8 @@ unsafe fn pack<const W: usize>(
                 });
                 transpose_into(&src, kc, panel.add(c0), W, width);
             } else {
-                for i in 0..width {
-                    for p in 0..kc {
-                        *panel.add(p * W + c0 + i) = if i < valid {
-                            *first.add((c0 + i) * ls + p * ss)
-                        } else {
-                            0.0
-                        };
-                    }
-                }
+                let valid = valid.min(width);
+                pack_lanes(first, ls, ss, (c0, width, valid), kc, panel, W);
             }
         }
     }

@@ -137,6 +137,32 @@ pub struct View {
 unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
+/// Lanes `c0..c0 + width` of one panel of `w` lanes per step, element by element (the
+/// packing of operands strided both ways, and the portable tile's): lane `i`, step `p` from
+/// `first + (c0 + i)·ls + p·ss`, zero from lane `c0 + valid` on.
+///
+/// # Safety
+/// The source lanes below `valid` and `kc` steps are readable; `panel` holds `kc·w` values.
+pub(super) unsafe fn pack_lanes(
+    first: *const f32,
+    ls: usize,
+    ss: usize,
+    (c0, width, valid): (usize, usize, usize),
+    kc: usize,
+    panel: *mut f32,
+    w: usize,
+) {
+    for i in 0..width {
+        for p in 0..kc {
+            *panel.add(p * w + c0 + i) = if i < valid {
+                *first.add((c0 + i) * ls + p * ss)
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 thread_local! {
     static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }

@@ -4,7 +4,7 @@
 //! independence on every CPU; selected with `SPARC3_GEMM=portable` (candle's `gemm` crate is
 //! the default where neither SIMD tile applies).
 
-use super::packed::{Isa, Mode, Tile, View};
+use super::packed::{pack_lanes, Isa, Mode, Tile, View};
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -59,16 +59,7 @@ unsafe fn pack<const W: usize>(
 ) {
     for (pi, l0) in (0..lanes_total).step_by(W).enumerate() {
         let h = W.min(lanes_total - l0);
-        let panel = dst.add(pi * W * kc);
-        for p in 0..kc {
-            let step = panel.add(p * W);
-            for l in 0..W {
-                *step.add(l) = if l < h {
-                    *base.add((l0 + l) * ls + p * ss)
-                } else {
-                    0.0
-                };
-            }
-        }
+        let (first, panel) = (base.add(l0 * ls), dst.add(pi * W * kc));
+        pack_lanes(first, ls, ss, (0, W, h), kc, panel, W);
     }
 }
