@@ -4,6 +4,7 @@ use super::args::{check_fraction, CalibArgs, EvalArgs, ModelArgs, OutArgs, Resum
 use super::output::{print_json, Bar};
 use super::values::{self, one_of};
 use crate::jobs::compress::{self, Config, Update};
+use crate::jobs::prepare::PruneSetup;
 use crate::prune::mask::{Pattern, Scope};
 use crate::prune::method::Method;
 use anyhow::Result;
@@ -32,6 +33,21 @@ pub struct PruneArgs {
     pub layers: Option<String>,
     #[command(flatten)]
     pub eval: EvalArgs,
+}
+
+impl PruneArgs {
+    /// The shared settings; `force`: run past the memory guard.
+    pub fn setup(&self, force: bool) -> Result<PruneSetup> {
+        Ok(PruneSetup {
+            scope: self.scope,
+            pattern: Pattern::parse(&self.pattern)?,
+            calib: self.calib.config(),
+            scores: self.scores.clone(),
+            layers: values::parse_layers(&self.layers)?,
+            eval: self.eval.config(),
+            force_memory: force,
+        })
+    }
 }
 
 impl PruneArgs {
@@ -84,21 +100,14 @@ pub struct CompressArgs {
 impl CompressArgs {
     fn config(&self) -> Result<Config> {
         check_fraction(self.ratio, "--ratio")?;
-        let p = &self.prune;
         Ok(Config {
             method: self.method,
             ratio: self.ratio,
-            scope: p.scope,
-            pattern: Pattern::parse(&p.pattern)?,
-            calib: p.calib.config(),
-            scores: p.scores.clone(),
-            layers: values::parse_layers(&p.layers)?,
-            eval: p.eval.config(),
+            prune: self.prune.setup(self.output.force)?,
             update: self.update,
             resume: self.resume.config()?,
             out: Some(self.out.clone()),
             save_mask: self.save_mask,
-            force_memory: self.output.force,
         })
     }
 }

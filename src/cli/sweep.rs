@@ -3,9 +3,8 @@
 use super::args::{ModelArgs, OutArgs};
 use super::compress::PruneArgs;
 use super::output::{print_json, Bar};
-use super::values::{self, one_of};
+use super::values::one_of;
 use crate::jobs::sweep::{self, Config, Report};
-use crate::prune::mask::Pattern;
 use crate::prune::method::Method;
 use anyhow::Result;
 use clap::Args;
@@ -42,17 +41,10 @@ pub struct SweepArgs {
 
 impl SweepArgs {
     fn config(&self) -> Result<Config> {
-        let p = &self.prune;
         let cfg = Config {
             ratios: self.ratios.clone(),
             methods: self.methods.clone(),
-            scope: p.scope,
-            pattern: Pattern::parse(&p.pattern)?,
-            calib: p.calib.config(),
-            scores: p.scores.clone(),
-            layers: values::parse_layers(&p.layers)?,
-            eval: p.eval.config(),
-            force_memory: self.output.force,
+            prune: self.prune.setup(self.output.force)?,
         };
         sweep::ratios(&cfg)?;
         Ok(cfg)

@@ -47,6 +47,22 @@ pub mod defaults {
 }
 
 /// Calibration data for attribution-based and activation-based scores.
+/// The settings `compress` and `sweep` share: how weights are grouped, what calibrates and
+/// scores them, which layers are pruned and how the result is evaluated.
+#[derive(Clone, Debug)]
+pub struct PruneSetup {
+    /// Grouping (None: each method's reference grouping).
+    pub scope: Option<crate::prune::mask::Scope>,
+    pub pattern: crate::prune::mask::Pattern,
+    pub calib: CalibConfig,
+    /// A relevance file standing in for the attribution of `lrp` or `gradient`.
+    pub scores: Option<PathBuf>,
+    pub layers: super::LayerFilter,
+    pub eval: PplConfig,
+    /// Run past the memory guard.
+    pub force_memory: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct CalibConfig {
     /// Text, JSONL text records or JSONL ids records (None: the built-in text).

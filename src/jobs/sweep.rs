@@ -2,8 +2,8 @@
 //! file) per method reused for every ratio; a report and an SVG chart.
 
 use super::compress::engine::{self, CompressJob};
-use super::prepare::{CalibConfig, PplConfig, Prepared, PruneProtocol};
-use super::{Artefact, LayerFilter, Progress, Provenance};
+use super::prepare::{Prepared, PruneProtocol, PruneSetup};
+use super::{Artefact, Progress, Provenance};
 use crate::invalid;
 use crate::io::svg;
 use crate::lrp::file::RelevanceFile;
@@ -12,23 +12,13 @@ use crate::prune::method::Method;
 use crate::source::Loaded;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Sparsities, each in (0, 1) (an N:M pattern has its own, N/M).
     pub ratios: Vec<f64>,
     pub methods: Vec<Method>,
-    /// Grouping for every method (None: each method's reference grouping).
-    pub scope: Option<Scope>,
-    pub pattern: Pattern,
-    pub calib: CalibConfig,
-    /// A relevance file standing in for the attribution of `lrp` or `gradient`.
-    pub scores: Option<PathBuf>,
-    pub layers: LayerFilter,
-    pub eval: PplConfig,
-    /// Run past the memory guard.
-    pub force_memory: bool,
+    pub prune: PruneSetup,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,7 +57,7 @@ pub struct Outcome {
 
 /// The ratios a sweep evaluates: sorted, without repeats; N:M has exactly one.
 pub fn ratios(cfg: &Config) -> Result<Vec<f64>> {
-    let mut ratios: Vec<f64> = match cfg.pattern {
+    let mut ratios: Vec<f64> = match cfg.prune.pattern {
         Pattern::NM { n, m } => vec![n as f64 / m as f64],
         Pattern::Unstructured => cfg.ratios.clone(),
     };
@@ -83,16 +73,22 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
     let start = std::time::Instant::now();
     let ratios = ratios(cfg)?;
     let methods = super::dedup(&cfg.methods);
-    let relevance = cfg.scores.as_deref().map(RelevanceFile::read).transpose()?;
+    let relevance = cfg
+        .prune
+        .scores
+        .as_deref()
+        .map(RelevanceFile::read)
+        .transpose()?;
     let fresh_attribution = methods
         .iter()
         .any(|m| m.needs_calibration() && !(relevance.is_some() && m.is_relevance()));
-    let prep = Prepared::new(loaded, &cfg.calib, &cfg.eval, fresh_attribution)?;
+    let prep = Prepared::new(loaded, &cfg.prune.calib, &cfg.prune.eval, fresh_attribution)?;
     if prep.eval.is_none() {
         invalid!(EvalText, "is needed by sweep for this model");
     }
     let dense = prep.ppl(&loaded.model)?.expect("eval checked");
     let label = cfg
+        .prune
         .scores
         .as_ref()
         .map(|p| p.display().to_string())
@@ -115,13 +111,13 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             start,
         ),
         protocol: prep.protocol(
-            &cfg.pattern,
-            &cfg.layers,
-            cfg.scores.as_ref().zip(relevance.as_ref()),
+            &cfg.prune.pattern,
+            &cfg.prune.layers,
+            cfg.prune.scores.as_ref().zip(relevance.as_ref()),
             false,
             Some(dense.windows),
         ),
-        scope: cfg.scope,
+        scope: cfg.prune.scope,
         ppl_dense: dense.ppl,
         series,
     };
@@ -147,27 +143,27 @@ fn one_method(
     ratios: &[f64],
     progress: &dyn Progress,
 ) -> Result<Series> {
-    let scope = cfg.scope.unwrap_or(method.compress_scope());
+    let scope = cfg.prune.scope.unwrap_or(method.compress_scope());
     progress.stage(method.name(), ratios.len() as u64);
     let t0 = std::time::Instant::now();
     let mut job = CompressJob {
         method,
         ratio: ratios[0],
         scope,
-        pattern: cfg.pattern,
+        pattern: cfg.prune.pattern,
         samples: prep.samples(),
         target: prep.target.clone(),
         aggregation: prep.aggregation,
         scores,
         config_sha256: &loaded.config_sha256,
-        layers: cfg.layers.0.clone(),
+        layers: cfg.prune.layers.0.clone(),
         update_obs: false,
         checkpoint: None,
         resume: false,
-        force_memory: cfg.force_memory,
+        force_memory: cfg.prune.force_memory,
         precomputed: None,
     };
-    let selected = |name: &str| cfg.layers.selects(name);
+    let selected = |name: &str| cfg.prune.layers.selects(name);
     let scores = if method.scores_while_pruning() {
         None
     } else {

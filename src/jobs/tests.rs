@@ -1,7 +1,7 @@
 //! The jobs called in process on the built-in model: every report survives a JSON round trip
 //! unchanged and carries its provenance.
 
-use super::prepare::{CalibConfig, PplConfig};
+use super::prepare::{CalibConfig, PplConfig, PruneSetup};
 use super::*;
 use crate::lrp::Target;
 use crate::prune::mask::Pattern;
@@ -70,23 +70,30 @@ fn eval_and_info_reports_round_trip() {
     assert_eq!(v["model"]["kind"], "builtin");
 }
 
-#[test]
-fn compress_and_sweep_reports_round_trip() {
-    let m = demo();
-    let cfg = compress::Config {
-        method: Method::Lrp,
-        ratio: 0.5,
+/// Unstructured, every layer, two calibration samples, the demo's evaluation.
+fn setup() -> PruneSetup {
+    PruneSetup {
         scope: None,
         pattern: Pattern::Unstructured,
         calib: calib(2),
         scores: None,
         layers: LayerFilter::default(),
         eval: eval_cfg(),
+        force_memory: false,
+    }
+}
+
+#[test]
+fn compress_and_sweep_reports_round_trip() {
+    let m = demo();
+    let cfg = compress::Config {
+        method: Method::Lrp,
+        ratio: 0.5,
+        prune: setup(),
         update: compress::Update::None,
         resume: Resume::default(),
         out: None,
         save_mask: true,
-        force_memory: false,
     };
     let o = compress::run(&m, &cfg, &Quiet).unwrap();
     let v = round_trip(&o.report, "compress");
@@ -96,13 +103,7 @@ fn compress_and_sweep_reports_round_trip() {
     let cfg = sweep::Config {
         ratios: vec![0.6, 0.3, 0.6],
         methods: vec![Method::Magnitude, Method::Lrp],
-        scope: None,
-        pattern: Pattern::Unstructured,
-        calib: calib(2),
-        scores: None,
-        layers: LayerFilter::default(),
-        eval: eval_cfg(),
-        force_memory: false,
+        prune: setup(),
     };
     let o = sweep::run(&m, &cfg, &Quiet).unwrap();
     let v = round_trip(&o.report, "sweep");

@@ -198,9 +198,9 @@ impl Checkpoint {
     }
 }
 
-/// `run_samples` with checkpoints: resumes from `ckpt` when `resume` (and it exists), saves
-/// every `ckpt.every` samples and when interrupted. Returns token relevances, starts and the
-/// number of samples restored from the checkpoint.
+/// Attribute samples (batch 1 each) into `acc`, with checkpoints: resumes from `ckpt` when
+/// `resume` (and it exists), saves every `ckpt.every` samples and when interrupted. Returns
+/// token relevances, starts and the number of samples restored from the checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn run_samples_resumable(
     model: &DecoderModel,

@@ -22,5 +22,5 @@ pub mod target;
 mod tests;
 
 pub use memory::{auto_mode, check_memory, memory_needed, store_bytes, MemoryMode};
-pub use pass::{relevance_pass, run_one, run_samples, PassResult};
+pub use pass::{relevance_pass, run_one, PassResult};
 pub use target::{Target, TokenSet};

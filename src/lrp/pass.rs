@@ -476,25 +476,3 @@ pub fn run_one(
         r.start_per_seq[0],
     ))
 }
-
-/// Attribute a list of samples (batch 1 each), accumulating into `acc`.
-/// Returns the per-sample token relevances and start values.
-pub fn run_samples(
-    model: &DecoderModel,
-    samples: &[Vec<u32>],
-    target: impl Fn(usize) -> Target,
-    rule: Rule,
-    mode: MemoryMode,
-    acc: &mut Accumulators,
-    mut progress: impl FnMut(usize),
-) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
-    let mut token_rel = Vec::with_capacity(samples.len());
-    let mut starts = Vec::with_capacity(samples.len());
-    for (i, s) in samples.iter().enumerate() {
-        let (t, st) = run_one(model, s, &target(i), rule, mode, acc)?;
-        token_rel.push(t);
-        starts.push(st);
-        progress(i + 1);
-    }
-    Ok((token_rel, starts))
-}

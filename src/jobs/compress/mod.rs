@@ -2,12 +2,12 @@
 
 pub mod engine;
 
-use super::prepare::{CalibConfig, PplConfig, Prepared, PruneProtocol};
-use super::{Artefact, LayerFilter, Progress, Provenance, Resume};
+use super::prepare::{Prepared, PruneProtocol, PruneSetup};
+use super::{Artefact, Progress, Provenance, Resume};
 use crate::lrp::checkpoint::Checkpoint;
 use crate::lrp::file::RelevanceFile;
 use crate::model::DecoderModel;
-use crate::prune::mask::{Pattern, Scope};
+use crate::prune::mask::Scope;
 use crate::prune::method::Method;
 use crate::source::Loaded;
 use anyhow::Result;
@@ -30,22 +30,13 @@ pub struct Config {
     pub method: Method,
     /// Fraction of each group's weights to remove, in (0, 1).
     pub ratio: f64,
-    /// Grouping (None: the method's reference grouping).
-    pub scope: Option<Scope>,
-    pub pattern: Pattern,
-    pub calib: CalibConfig,
-    /// A relevance file to use instead of a fresh attribution.
-    pub scores: Option<PathBuf>,
-    pub layers: LayerFilter,
-    pub eval: PplConfig,
+    pub prune: PruneSetup,
     pub update: Update,
     pub resume: Resume,
     /// The output location; the attribution's checkpoint is kept beside it.
     pub out: Option<PathBuf>,
     /// Also produce the removal mask.
     pub save_mask: bool,
-    /// Run past the memory guard.
-    pub force_memory: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,19 +80,24 @@ pub const REPORT_FILE: &str = "sparc3-report.json";
 pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
     let start = std::time::Instant::now();
     let method = cfg.method;
-    let scope = cfg.scope.unwrap_or(method.compress_scope());
-    let relevance = cfg.scores.as_deref().map(RelevanceFile::read).transpose()?;
+    let scope = cfg.prune.scope.unwrap_or(method.compress_scope());
+    let relevance = cfg
+        .prune
+        .scores
+        .as_deref()
+        .map(RelevanceFile::read)
+        .transpose()?;
     let needs_calib =
         (method.needs_calibration() && relevance.is_none()) || cfg.update == Update::Obs;
-    let prep = Prepared::new(loaded, &cfg.calib, &cfg.eval, needs_calib)?;
+    let prep = Prepared::new(loaded, &cfg.prune.calib, &cfg.prune.eval, needs_calib)?;
     let mut model = loaded.model.clone();
     let before = prep.ppl(&model)?;
-    let label = cfg.scores.as_ref().map(|p| p.display().to_string());
+    let label = cfg.prune.scores.as_ref().map(|p| p.display().to_string());
     let job = CompressJob {
         method,
         ratio: cfg.ratio,
         scope,
-        pattern: cfg.pattern,
+        pattern: cfg.prune.pattern,
         samples: prep.samples(),
         target: prep.target.clone(),
         aggregation: prep.aggregation,
@@ -109,11 +105,11 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             .as_ref()
             .map(|r| (r, label.clone().unwrap_or_default())),
         config_sha256: &loaded.config_sha256,
-        layers: cfg.layers.0.clone(),
+        layers: cfg.prune.layers.0.clone(),
         update_obs: cfg.update == Update::Obs,
         checkpoint: checkpoint(loaded, cfg, &prep),
         resume: cfg.resume.resume,
-        force_memory: cfg.force_memory,
+        force_memory: cfg.prune.force_memory,
         precomputed: None,
     };
     progress.stage(method.name(), 0);
@@ -147,9 +143,9 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         update: cfg.update,
         scope,
         protocol: prep.protocol(
-            &cfg.pattern,
-            &cfg.layers,
-            cfg.scores.as_ref().zip(relevance.as_ref()),
+            &cfg.prune.pattern,
+            &cfg.prune.layers,
+            cfg.prune.scores.as_ref().zip(relevance.as_ref()),
             true,
             before.as_ref().map(|b| b.windows),
         ),
