@@ -105,6 +105,8 @@ pub enum Remedy {
     Resume,
     /// The run needs more memory than is available; `store`: all activations are kept.
     LessMemory { store: bool },
+    /// The block groups asked for are too large for the memory available.
+    MorePasses,
 }
 
 impl Remedy {
@@ -115,6 +117,7 @@ impl Remedy {
             Remedy::Resume => " (rerun resuming from it)",
             Remedy::LessMemory { store: true } => "; lower it with the recompute memory mode, a shorter sequence or bf16 weights (or force the run to try anyway)",
             Remedy::LessMemory { store: false } => "; lower it with a shorter sequence or bf16 weights (or force the run to try anyway)",
+            Remedy::MorePasses => "; ask for more passes over the data, or let the memory plan choose them",
         }
     }
 }

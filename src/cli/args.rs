@@ -29,8 +29,9 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Storage dtype of the weights: f32, f16 or bf16 (compute is f32).
-    #[arg(long, default_value = "f32")]
+    /// Storage dtype of the weights in memory: auto (the checkpoint's own: bf16 stays bf16), f32,
+    /// f16 or bf16. Compute is f32 on CPU (weights are converted layer by layer at use).
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -45,7 +46,7 @@ impl ModelArgs {
             tokenizer: self.tokenizer.clone(),
             offline: self.offline,
             device: values::parse_device(&self.device)?,
-            dtype: values::parse_dtype(&self.dtype, "--dtype")?,
+            dtype: values::parse_storage_dtype(&self.dtype)?,
         };
         crate::source::load(&req)
     }

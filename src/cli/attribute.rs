@@ -4,7 +4,7 @@ use super::args::{ModelArgs, OutArgs, ResumeArgs};
 use super::output::{print_json, Bar};
 use super::values::{MemoryChoice, RuleKind, TargetKind};
 use crate::fail;
-use crate::jobs::attribute::{self, Config, Outcome};
+use crate::jobs::attribute::{self, Config, Report};
 use crate::lrp::{MemoryMode, Target};
 use crate::relevance::accum::Aggregation;
 use crate::relevance::rules::Rule;
@@ -47,6 +47,16 @@ pub struct AttributeArgs {
     pub aggregation: Aggregation,
     #[arg(long, value_enum, default_value = "auto")]
     pub memory: MemoryChoice,
+    /// Passes over the data, each accumulating the per-weight relevance of one group of
+    /// consecutive blocks: auto (as many as the memory plan needs, usually 1) or a number.
+    /// The result is the same bit for bit.
+    #[arg(long, default_value = "auto")]
+    pub passes: String,
+    /// weight: relevance of every weight; neuron or head: only the sums of MLP neurons and
+    /// attention heads (both are written), with no per-weight buffer: memory is the weights
+    /// plus a little.
+    #[arg(long, value_enum, default_value = "weight")]
+    pub granularity: crate::prune::structured::Granularity,
     /// Process only shard i of n (0-based, e.g. 2/8); merge the shards with `sparc3 merge`.
     #[arg(long)]
     pub shard: Option<String>,
@@ -104,6 +114,14 @@ impl AttributeArgs {
             resume: self.resume.config()?,
             out: Some(self.out.clone()),
             force_memory: self.output.force,
+            granularity: self.granularity,
+            passes: match self.passes.as_str() {
+                "auto" => None,
+                s => match s.parse::<usize>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => fail!(Usage, "--passes {s}: expected auto or a positive number"),
+                },
+            },
         })
     }
 }
@@ -140,20 +158,20 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     cfg.shard = shard;
     let o = attribute::run(&loaded, &cfg, &Bar::default())?;
     o.file.write(&a.out)?;
-    crate::jobs::remove_checkpoints(&o.checkpoint);
+    crate::jobs::remove_checkpoints(&o.checkpoints);
     if o.restored > 0 && !a.output.json {
         eprintln!("resumed after {} samples from the checkpoint", o.restored);
     }
     if a.output.json {
         print_json(&o.report);
     } else {
-        print(&o, &a.out);
+        print(&o.report, &o.calibration, &a.out);
     }
     Ok(())
 }
 
-fn print(o: &Outcome, out: &std::path::Path) {
-    let (r, m, c) = (&o.report, &o.report.meta, &o.calibration);
+fn print(r: &Report, c: &crate::tasks::calib::CalibInfo, out: &std::path::Path) {
+    let m = &r.meta;
     outln!("model        {}", m.model);
     outln!(
         "data         {} (sha256 {}, {})",
@@ -169,12 +187,12 @@ fn print(o: &Outcome, out: &std::path::Path) {
         m.seed
     );
     outln!(
-        "target/rule  {} / {} ({} aggregation, {} memory)",
+        "target/rule  {} / {} ({} aggregation)",
         m.target_name(),
         m.rule,
         m.aggregation.name(),
-        r.memory_mode
     );
+    outln!("memory plan  {}", r.plan.why);
     outln!(
         "start R      {:.4} mean per sample; input relevance / start {:.3}",
         r.mean_start_relevance,

@@ -59,6 +59,17 @@ pub enum MemoryChoice {
     Recompute,
 }
 
+/// `--dtype`: `auto` (None: each tensor keeps its checkpoint dtype) or a dtype.
+pub fn parse_storage_dtype(s: &str) -> Result<Option<DType>> {
+    match s {
+        "auto" => Ok(None),
+        "f32" | "float32" | "f16" | "float16" | "bf16" | "bfloat16" => {
+            parse_dtype(s, "--dtype").map(Some)
+        }
+        other => fail!(Usage, "--dtype {other}: expected auto, f32, f16 or bf16"),
+    }
+}
+
 pub fn parse_dtype(s: &str, flag: &str) -> Result<DType> {
     Ok(match s {
         "f32" | "float32" => DType::F32,
@@ -149,5 +160,6 @@ pub fn remedy_flags(r: crate::error::Remedy) -> &'static str {
         Resume => " (rerun with --resume)",
         LessMemory { store: true } => "; lower it with --memory recompute, a smaller --seq-len or --dtype bf16 (or --force to try anyway)",
         LessMemory { store: false } => "; lower it with a smaller --seq-len or --dtype bf16 (or --force to try anyway)",
+        MorePasses => "; use more --passes, or --passes auto (or --force to try anyway)",
     }
 }

@@ -15,9 +15,6 @@ use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// One tensor ready to serialise: name, dtype, shape, little-endian bytes.
-type Raw = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
-
 /// Files besides the weights that make a model directory loadable.
 const EXTRA: &[&str] = &[
     "tokenizer.json",
@@ -195,12 +192,22 @@ pub fn write_into(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    let (tensors, out_dtype) = raw_tensors(c, dtype)?;
-    if c.sharded && !c.store.shard_of.is_empty() {
-        write_shards(dir, c.store, &tensors)?;
-    } else {
-        let all: Vec<_> = tensors.iter().collect();
-        write_file(dir, "model.safetensors", &serialize(&all)?)?;
+    let (tensors, out_dtype) = plan_tensors(c, dtype);
+    let mut by_file: BTreeMap<String, Vec<&Planned>> = BTreeMap::new();
+    let sharded = c.sharded && !c.store.shard_of.is_empty();
+    for t in &tensors {
+        let f = match c.store.shard_of.get(&t.name) {
+            _ if !sharded => "model.safetensors".to_string(),
+            Some(f) => f.clone(),
+            None => "model-extra.safetensors".into(),
+        };
+        by_file.entry(f).or_default().push(t);
+    }
+    for (f, list) in &by_file {
+        write_safetensors(&dir.join(f), list)?;
+    }
+    if sharded {
+        write_index(dir, &by_file)?;
     }
     write_config(dir, c, out_dtype)?;
     write_tokenizer(dir, &c.tokenizer)?;
@@ -210,10 +217,32 @@ pub fn write_into(
     Ok(())
 }
 
+/// One tensor to write: its name, the tensor and the dtype it is written in.
+struct Planned<'a> {
+    name: String,
+    tensor: &'a Tensor,
+    dtype: DType,
+}
+
+impl Planned<'_> {
+    fn st_dtype(&self) -> safetensors::Dtype {
+        match self.dtype {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F16 => safetensors::Dtype::F16,
+            DType::BF16 => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::I64,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.tensor.elem_count() * self.dtype.size_in_bytes()
+    }
+}
+
 /// Every tensor of the store (the model's linear weights in place of the store's) in
 /// checkpoint order, in `dtype` (default: its on-disk dtype; i64 stays i64), and the dtype
 /// the written floats ended in.
-fn raw_tensors(c: &Contents, dtype: Option<DType>) -> Result<(Vec<Raw>, DType)> {
+fn plan_tensors<'a>(c: &'a Contents<'a>, dtype: Option<DType>) -> (Vec<Planned<'a>>, DType) {
     let replaced: HashMap<String, &Tensor> = c
         .model
         .linears()
@@ -221,59 +250,52 @@ fn raw_tensors(c: &Contents, dtype: Option<DType>) -> Result<(Vec<Raw>, DType)> 
         .map(|l| (format!("{}.weight", l.name), &l.weight))
         .collect();
     let store = c.store;
-    let mut tensors: Vec<Raw> = Vec::new();
     let mut out_dtype = DType::F32;
+    let mut tensors = Vec::new();
     for n in store.names() {
         let s = store.peek(n).expect("listed");
         let t = replaced.get(n).copied().unwrap_or(&s.tensor);
-        let dt = if s.disk_dtype == DType::I64 {
-            DType::I64
-        } else {
-            dtype.unwrap_or(s.disk_dtype)
+        let dt = match s.disk_dtype {
+            DType::I64 => DType::I64,
+            disk => dtype.unwrap_or(disk),
         };
         if dt != DType::I64 {
             out_dtype = dt;
         }
-        let (sd, bytes) = tensor_bytes(t, dt)?;
-        tensors.push((n.clone(), sd, t.dims().to_vec(), bytes));
+        tensors.push(Planned {
+            name: n.clone(),
+            tensor: t,
+            dtype: dt,
+        });
     }
-    Ok((tensors, out_dtype))
+    (tensors, out_dtype)
 }
 
-/// One safetensors file holding `subset`.
-fn serialize(subset: &[&Raw]) -> Result<Vec<u8>> {
-    let views = subset
+/// One safetensors file holding `list`, written tensor by tensor (one tensor's bytes in memory
+/// at a time), with the layout `safetensors::serialize` gives.
+fn write_safetensors(path: &Path, list: &[&Planned]) -> Result<()> {
+    use crate::util::stfile::{Spec, Writer};
+    let specs: Vec<Spec> = list
         .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|t| Spec::new(t.name.clone(), t.st_dtype(), t.tensor.dims().to_vec()))
+        .collect();
     let mut md = HashMap::new();
     md.insert("format".to_string(), "pt".to_string());
-    Ok(safetensors::serialize(views, Some(md))?)
+    let mut w = Writer::create(path, &specs, Some(md), true)?;
+    for t in list {
+        let (_, bytes) = tensor_bytes(t.tensor, t.dtype)?;
+        w.write(&t.name, &bytes)?;
+    }
+    w.finish()
 }
 
-/// The tensors in the input's shard files (tensors the input did not have go to
-/// `model-extra.safetensors`), and the index.
-fn write_shards(dir: &Path, store: &WeightStore, tensors: &[Raw]) -> Result<()> {
-    let mut by_file: BTreeMap<String, Vec<&Raw>> = BTreeMap::new();
-    for t in tensors {
-        let f = store
-            .shard_of
-            .get(&t.0)
-            .cloned()
-            .unwrap_or_else(|| "model-extra.safetensors".into());
-        by_file.entry(f).or_default().push(t);
-    }
-    let total: usize = tensors.iter().map(|t| t.3.len()).sum();
+/// `model.safetensors.index.json` for the shards written.
+fn write_index(dir: &Path, by_file: &BTreeMap<String, Vec<&Planned>>) -> Result<()> {
+    let total: usize = by_file.values().flatten().map(|t| t.bytes()).sum();
     let mut weight_map = serde_json::Map::new();
-    for (f, list) in &by_file {
-        write_file(dir, f, &serialize(list)?)?;
+    for (f, list) in by_file {
         for t in list {
-            weight_map.insert(t.0.clone(), serde_json::Value::String(f.clone()));
+            weight_map.insert(t.name.clone(), serde_json::Value::String(f.clone()));
         }
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});

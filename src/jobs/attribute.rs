@@ -4,7 +4,10 @@
 use super::{DataRef, Progress, Provenance, Resume};
 use crate::lrp::checkpoint::{run_samples_resumable, Checkpoint};
 use crate::lrp::file::{RelMeta, RelevanceFile, TokenTable, FORMAT};
+use crate::lrp::plan::Plan;
+use crate::lrp::staged::{Output, Staged};
 use crate::lrp::{self, MemoryMode, Target};
+use crate::prune::structured::Granularity;
 use crate::relevance::accum::{Accumulators, Aggregation};
 use crate::relevance::rules::Rule;
 use crate::source::Loaded;
@@ -36,6 +39,12 @@ pub struct Config {
     pub out: Option<PathBuf>,
     /// Run past the memory guard.
     pub force_memory: bool,
+    /// Passes over the calibration set, each accumulating a group of consecutive blocks
+    /// (None: as the memory plan decides).
+    pub passes: Option<usize>,
+    /// `weight`: per-weight relevance; `neuron`/`head`: only the unit sums (no per-weight
+    /// buffer, the weight products skipped).
+    pub granularity: Granularity,
 }
 
 /// `attribute --json`.
@@ -48,6 +57,8 @@ pub struct Report {
     pub meta: RelMeta,
     /// `store` or `recompute`.
     pub memory_mode: String,
+    /// The memory plan (mode, block groups, sizes, and why).
+    pub plan: Plan,
     /// The samples of this shard, `[first, end)`.
     pub samples_range: [usize; 2],
     pub seconds_per_sample: f64,
@@ -58,8 +69,9 @@ pub struct Report {
 
 pub struct Outcome {
     pub report: Report,
-    pub file: RelevanceFile,
-    pub checkpoint: Option<Checkpoint>,
+    pub file: Output,
+    /// Every checkpoint the run may have left (one per block group).
+    pub checkpoints: Vec<Checkpoint>,
     /// Samples taken over from a checkpoint.
     pub restored: usize,
     /// The calibration protocol (for printing).
@@ -97,9 +109,22 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
             calib.samples.len()
         );
     }
-    let mode = cfg.memory.unwrap_or_else(|| lrp::auto_mode(model, seq_len));
-    lrp::check_memory(model, seq_len, mode, true, cfg.force_memory)?;
-    let mut acc = Accumulators::new(cfg.aggregation);
+    let avail = crate::util::mem_available();
+    let per_weight = cfg.granularity == Granularity::Weight;
+    let plan = lrp::plan::make(
+        model,
+        seq_len,
+        cfg.memory,
+        cfg.passes,
+        avail,
+        per_weight,
+        cfg.force_memory,
+    )?;
+    if plan.groups.len() > 1 {
+        // Said before the long run starts (it is in the report too, and printed at the end).
+        progress.note(&format!("memory plan: {}", plan.why));
+    }
+    let mode = plan.mode;
     let target_of = |i: usize| match &prompt_lens {
         Some(l) => Target::Span {
             prompt_len: l[lo + i],
@@ -108,28 +133,23 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         None => cfg.target.clone(),
     };
     let ckpt = checkpoint(loaded, cfg, &calib, (lo, hi), seq_len, mode);
-    progress.stage("attributing", mine.len() as u64);
-    let t0 = std::time::Instant::now();
-    let (tok_rel, starts, restored) = run_samples_resumable(
-        model,
-        mine,
-        target_of,
-        cfg.rule,
-        mode,
-        &mut acc,
-        ckpt.as_ref(),
-        cfg.resume.resume,
-        |i| progress.position(i as u64, None),
-    )?;
-    progress.done();
-    let seconds = t0.elapsed().as_secs_f64();
     let meta = meta(loaded, cfg, &calib, seq_len, mine.len());
-    let table = TokenTable {
-        first_index: lo,
-        ids: mine.to_vec(),
-        relevance: tok_rel.clone(),
+    let t0 = std::time::Instant::now();
+    let run = Groups {
+        model,
+        samples: mine,
+        target_of: &target_of,
+        cfg,
+        plan: &plan,
+        ckpt: ckpt.as_ref(),
+        progress,
     };
-    let file = RelevanceFile::from_accumulators(meta.clone(), model, &acc, Some(table))?;
+    let (file, tok_rel, starts, restored, checkpoints) = if plan.groups.len() == 1 {
+        run.single(meta.clone(), lo)?
+    } else {
+        run.grouped(&meta, lo)?
+    };
+    let seconds = t0.elapsed().as_secs_f64();
     let (mean_start, mean_cons) = conservation(&tok_rel, &starts);
     let data = vec![DataRef::new(
         "calibration",
@@ -141,6 +161,7 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         out: cfg.out.clone(),
         meta,
         memory_mode: mode_name(mode).into(),
+        plan,
         samples_range: [lo, hi],
         seconds_per_sample: seconds / mine.len() as f64,
         mean_start_relevance: mean_start,
@@ -149,10 +170,114 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
     Ok(Outcome {
         report,
         file,
-        checkpoint: ckpt,
+        checkpoints,
         restored,
         calibration: calib.info,
     })
+}
+
+/// Per-sample token relevance and start values, samples restored from checkpoints, and the
+/// checkpoints the run may have left.
+type Ran = (Output, Vec<Vec<f32>>, Vec<f64>, usize, Vec<Checkpoint>);
+
+/// One pass's sums, per-sample token relevance and start values, and samples restored.
+type Pass = (Accumulators, Vec<Vec<f32>>, Vec<f64>, usize);
+
+/// The passes of one attribution over its samples, as the memory plan groups the blocks.
+struct Groups<'a> {
+    model: &'a crate::model::DecoderModel,
+    samples: &'a [Vec<u32>],
+    target_of: &'a (dyn Fn(usize) -> Target + Sync),
+    cfg: &'a Config,
+    plan: &'a Plan,
+    ckpt: Option<&'a Checkpoint>,
+    progress: &'a dyn Progress,
+}
+
+impl Groups<'_> {
+    /// One pass over the samples accumulating `blocks` (None: all), with its checkpoint.
+    fn pass(
+        &self,
+        blocks: Option<std::ops::Range<usize>>,
+        ckpt: Option<&Checkpoint>,
+        label: &str,
+    ) -> Result<Pass> {
+        let mut acc = Accumulators::new(self.cfg.aggregation);
+        acc.blocks = blocks;
+        acc.per_weight = self.cfg.granularity == Granularity::Weight;
+        self.progress.stage(label, self.samples.len() as u64);
+        let (tok_rel, starts, restored) = run_samples_resumable(
+            self.model,
+            self.samples,
+            self.target_of,
+            self.cfg.rule,
+            self.plan.mode,
+            &mut acc,
+            ckpt,
+            self.cfg.resume.resume,
+            |i| self.progress.position(i as u64, None),
+        )?;
+        self.progress.done();
+        Ok((acc, tok_rel, starts, restored))
+    }
+
+    /// Every block in one pass; the file is made in memory from the accumulators.
+    fn single(&self, meta: RelMeta, first: usize) -> Result<Ran> {
+        let (acc, tok_rel, starts, restored) = self.pass(None, self.ckpt, "attributing")?;
+        let table = TokenTable {
+            first_index: first,
+            ids: self.samples.to_vec(),
+            relevance: tok_rel.clone(),
+        };
+        let file = RelevanceFile::from_accumulators(meta, self.model, acc, Some(table))?;
+        let ckpts = self.ckpt.cloned().into_iter().collect();
+        Ok((Output::Memory(file), tok_rel, starts, restored, ckpts))
+    }
+
+    /// One pass per block group, each group's means written to the staged file and freed as
+    /// soon as it is done. Each group has its own checkpoint; a finished group's is kept (when
+    /// checkpoints are written periodically) so that a resumed run skips it.
+    fn grouped(&self, meta: &RelMeta, first: usize) -> Result<Ran> {
+        let Some(out) = self.cfg.out.as_deref() else {
+            fail!(Usage, "accumulating in block groups needs an output file");
+        };
+        let t = self.samples[0].len();
+        let same = self.samples.iter().all(|s| s.len() == t);
+        let tokens = same.then_some((self.samples.len(), t));
+        let per_weight = self.cfg.granularity == Granularity::Weight;
+        let mut staged = Staged::create(out, meta, self.model, per_weight, tokens)?;
+        let n = self.plan.groups.len();
+        let ckpts: Vec<Checkpoint> = (0..n)
+            .filter_map(|k| self.ckpt.map(|c| c.for_group(k, n)))
+            .collect();
+        let (mut tokens, mut restored_any) = (None, 0);
+        for (k, g) in self.plan.groups.iter().enumerate() {
+            let label = format!(
+                "attributing blocks {}-{} (pass {} of {n})",
+                g.start,
+                g.end - 1,
+                k + 1
+            );
+            let (acc, tok_rel, starts, restored) =
+                self.pass(Some(g.clone()), ckpts.get(k), &label)?;
+            restored_any = restored_any.max(restored);
+            if let (Some(c), true) = (ckpts.get(k), k + 1 < n) {
+                c.save_final(&acc, &tok_rel, &starts)?;
+            }
+            staged.add_blocks(self.model, acc, g.clone())?;
+            if g.start == 0 {
+                tokens = Some((tok_rel, starts));
+            }
+        }
+        let (tok_rel, starts) = tokens.expect("the first group holds block 0");
+        let table = TokenTable {
+            first_index: first,
+            ids: self.samples.to_vec(),
+            relevance: tok_rel.clone(),
+        };
+        staged.add_tokens(table)?;
+        Ok((Output::Staged(staged), tok_rel, starts, restored_any, ckpts))
+    }
 }
 
 pub fn mode_name(m: MemoryMode) -> &'static str {
@@ -250,6 +375,7 @@ fn checkpoint(
         "seed": cfg.seed,
         "dtype": super::report::storage_dtype(loaded),
         "memory": mode,
+        "granularity": cfg.granularity,
     });
     cfg.resume.beside(cfg.out.as_deref(), &protocol)
 }
@@ -281,6 +407,7 @@ fn meta(loaded: &Loaded, cfg: &Config, calib: &Calib, seq_len: usize, samples: u
         shards,
         shard_count,
         sparc3_version: env!("CARGO_PKG_VERSION").into(),
+        units_only: (cfg.granularity != Granularity::Weight).then_some(cfg.granularity),
     }
 }
 

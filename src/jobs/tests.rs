@@ -130,6 +130,8 @@ fn attribute_shards_merge_and_both_reports_round_trip() {
             resume: Resume::default(),
             out: None,
             force_memory: false,
+            passes: None,
+            granularity: crate::prune::structured::Granularity::Weight,
         };
         let o = attribute::run(&m, &cfg, &Quiet).unwrap();
         let v = round_trip(&o.report, "attribute");

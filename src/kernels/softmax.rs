@@ -125,7 +125,12 @@ impl CustomOp2 for CausalSoftmaxBackward {
 }
 
 /// `scores`: `[..., g·t, t]` with rows ordered `(group, query position)`.
-pub fn causal_softmax(scores: &Tensor, t: usize, scale: f64, mask: &Tensor) -> Result<Tensor> {
+pub fn causal_softmax(
+    scores: &Tensor,
+    t: usize,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     if scores.device().is_cpu() {
         let s = scores.contiguous()?;
         Ok(s.apply_op1_no_bwd(&CausalSoftmax {
@@ -133,6 +138,9 @@ pub fn causal_softmax(scores: &Tensor, t: usize, scale: f64, mask: &Tensor) -> R
             scale: scale as f32,
         })?)
     } else {
+        let Some(mask) = mask else {
+            anyhow::bail!("causal softmax off the CPU needs the mask");
+        };
         let s = (scores * scale)?.broadcast_add(mask)?;
         Ok(candle_nn::ops::softmax_last_dim(&s)?)
     }
@@ -184,7 +192,7 @@ mod tests {
         let (g, t) = (3, 7);
         let s = Tensor::randn(0f32, 2.0, (2, 2, g * t, t), &Device::Cpu)?;
         let mask = causal_mask(t, g)?;
-        let fused = causal_softmax(&s, t, 0.37, &mask)?;
+        let fused = causal_softmax(&s, t, 0.37, Some(&mask))?;
         let reference = candle_nn::ops::softmax_last_dim(&(&s * 0.37)?.broadcast_add(&mask)?)?;
         assert!(max_diff(&fused, &reference) < 1e-6);
         let gp = Tensor::randn(0f32, 1.0, (2, 2, g * t, t), &Device::Cpu)?;

@@ -11,7 +11,6 @@ use crate::model::DecoderModel;
 use crate::relevance::accum::{Accumulators, LinearAcc};
 use crate::relevance::rules::Rule;
 use anyhow::Result;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,16 +37,6 @@ struct Meta {
     per_weight: bool,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f32_of(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 impl Checkpoint {
     /// The checkpoint path for an output file.
     pub fn path_for(out: &Path) -> PathBuf {
@@ -56,49 +45,59 @@ impl Checkpoint {
         PathBuf::from(s)
     }
 
+    /// The checkpoint of block group `k` of `n` (its own file and fingerprint).
+    pub fn for_group(&self, k: usize, n: usize) -> Checkpoint {
+        let mut path = self.path.as_os_str().to_owned();
+        path.push(format!(".group{}of{n}", k + 1));
+        Checkpoint {
+            path: PathBuf::from(path),
+            every: self.every,
+            fingerprint: crate::util::sha256_hex(
+                format!("{} group {k} of {n}", self.fingerprint).as_bytes(),
+            ),
+        }
+    }
+
+    /// Save a finished pass (kept until the whole run's output is written) when checkpoints
+    /// are written periodically.
+    pub fn save_final(
+        &self,
+        acc: &Accumulators,
+        token_rel: &[Vec<f32>],
+        starts: &[f64],
+    ) -> Result<()> {
+        if self.every == 0 {
+            return Ok(());
+        }
+        self.save(acc, token_rel, starts)
+    }
+
+    /// Write the state tensor by tensor, straight from the accumulators (no copy in memory).
     fn save(&self, acc: &Accumulators, token_rel: &[Vec<f32>], starts: &[f64]) -> Result<()> {
-        let mut raw: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = Vec::new();
+        use crate::util::stfile::{Spec, Writer};
+        let mut specs = Vec::new();
         for (name, l) in &acc.layers {
             if !l.weight.is_empty() {
-                raw.push((
+                specs.push(Spec::new(
                     format!("w.{name}"),
-                    vec![l.weight.len()],
-                    f32_bytes(&l.weight),
                     Dtype::F32,
+                    vec![l.weight.len()],
                 ));
             }
             if let Some(b) = &l.bias {
-                raw.push((format!("b.{name}"), vec![b.len()], f32_bytes(b), Dtype::F32));
+                specs.push(Spec::new(format!("b.{name}"), Dtype::F32, vec![b.len()]));
             }
-            raw.push((
+            specs.push(Spec::new(
                 format!("i.{name}"),
-                vec![l.inputs.len()],
-                f32_bytes(&l.inputs),
                 Dtype::F32,
+                vec![l.inputs.len()],
             ));
-            raw.push((
-                format!("s.{name}"),
-                vec![2],
-                [l.shape[0] as u64, l.shape[1] as u64]
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect(),
-                Dtype::U64,
-            ));
+            specs.push(Spec::new(format!("s.{name}"), Dtype::U64, vec![2]));
         }
         for (i, t) in token_rel.iter().enumerate() {
-            raw.push((format!("t.{i:09}"), vec![t.len()], f32_bytes(t), Dtype::F32));
+            specs.push(Spec::new(format!("t.{i:09}"), Dtype::F32, vec![t.len()]));
         }
-        raw.push((
-            "starts".into(),
-            vec![starts.len()],
-            starts.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Dtype::F64,
-        ));
-        let views = raw
-            .iter()
-            .map(|(n, s, b, d)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
+        specs.push(Spec::new("starts", Dtype::F64, vec![starts.len()]));
         let meta = Meta {
             fingerprint: self.fingerprint.clone(),
             done: starts.len(),
@@ -107,8 +106,27 @@ impl Checkpoint {
         };
         let mut md = HashMap::new();
         md.insert(KEY.to_string(), serde_json::to_string(&meta)?);
-        let bytes = safetensors::serialize(views, Some(md))?;
-        crate::util::fs::atomic_write_on_exit(&self.path, &bytes)
+        let mut w = Writer::create(&self.path, &specs, Some(md), false)?;
+        for (name, l) in &acc.layers {
+            if !l.weight.is_empty() {
+                w.write_f32(&format!("w.{name}"), &l.weight, None)?;
+            }
+            if let Some(b) = &l.bias {
+                w.write_f32(&format!("b.{name}"), b, None)?;
+            }
+            w.write_f32(&format!("i.{name}"), &l.inputs, None)?;
+            let shape: Vec<u8> = [l.shape[0] as u64, l.shape[1] as u64]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            w.write(&format!("s.{name}"), &shape)?;
+        }
+        for (i, t) in token_rel.iter().enumerate() {
+            w.write_f32(&format!("t.{i:09}"), t, None)?;
+        }
+        let st: Vec<u8> = starts.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.write("starts", &st)?;
+        w.finish()
     }
 
     /// Restore a saved state into `acc`; None when there is no checkpoint file.
@@ -117,15 +135,12 @@ impl Checkpoint {
             return Ok(None);
         }
         let label = self.path.display();
-        let bytes = std::fs::read(&self.path)
-            .map_err(|e| crate::error::err(crate::error::Kind::Input, format!("{label}: {e}")))?;
-        let (_, header) = match safetensors::SafeTensors::read_metadata(&bytes) {
-            Ok(h) => h,
-            Err(e) => fail!(Input, "checkpoint {label} is damaged: {e}"),
+        let r = match crate::util::stfile::Reader::open(&self.path) {
+            Ok(r) => r,
+            Err(e) => fail!(Input, "checkpoint {label} is damaged: {e:#}"),
         };
-        let Some(meta) = header
+        let Some(meta) = r
             .metadata()
-            .as_ref()
             .and_then(|m| m.get(KEY))
             .and_then(|m| serde_json::from_str::<Meta>(m).ok())
         else {
@@ -137,21 +152,21 @@ impl Checkpoint {
                 "checkpoint {label} belongs to a different run (model, data or settings differ); delete it or start the run afresh"
             );
         }
-        let st = match safetensors::SafeTensors::deserialize(&bytes) {
-            Ok(s) => s,
-            Err(e) => fail!(Input, "checkpoint {label} is damaged: {e}"),
-        };
         acc.layers.clear();
         acc.per_weight = meta.per_weight;
         let mut tokens: Vec<(String, Vec<f32>)> = Vec::new();
         let mut starts = Vec::new();
-        for (name, v) in st.tensors() {
-            let d = v.data();
+        let tensors = r.tensors();
+        for (name, info) in &tensors {
             if let Some(l) = name.strip_prefix("s.") {
-                let dims: Vec<usize> = d
+                let dims: Vec<usize> = r
+                    .bytes(info)?
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
                     .collect();
+                if dims.len() != 2 {
+                    fail!(Input, "checkpoint {label} is damaged");
+                }
                 acc.layers
                     .entry(l.to_string())
                     .or_insert_with(|| LinearAcc {
@@ -161,26 +176,26 @@ impl Checkpoint {
                         inputs: Vec::new(),
                     });
             } else if name.starts_with("t.") {
-                tokens.push((name.clone(), f32_of(d)));
+                tokens.push((name.clone(), r.f32s(name, info)?));
             } else if name == "starts" {
-                starts = d
+                starts = r
+                    .bytes(info)?
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect();
             }
         }
-        for (name, v) in st.tensors() {
-            let (kind, l) = match name.split_once('.') {
-                Some(x) => x,
-                None => continue,
+        for (name, info) in &tensors {
+            let Some((kind, l)) = name.split_once('.') else {
+                continue;
             };
             let Some(e) = acc.layers.get_mut(l) else {
                 continue;
             };
             match kind {
-                "w" => e.weight = f32_of(v.data()),
-                "b" => e.bias = Some(f32_of(v.data())),
-                "i" => e.inputs = f32_of(v.data()),
+                "w" => e.weight = r.f32s(name, info)?,
+                "b" => e.bias = Some(r.f32s(name, info)?),
+                "i" => e.inputs = r.f32s(name, info)?,
                 _ => {}
             }
         }

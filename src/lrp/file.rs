@@ -35,6 +35,10 @@ pub struct RelMeta {
     pub shards: Vec<usize>,
     pub shard_count: usize,
     pub sparc3_version: String,
+    /// `neuron`/`head`: only the unit tensors (`neurons.*`, `heads.*`) were accumulated
+    /// (absent for per-weight files, which are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units_only: Option<crate::prune::structured::Granularity>,
 }
 
 impl RelMeta {
@@ -60,7 +64,8 @@ impl RelMeta {
             self.seq_len,
             self.seed,
             self.samples_total,
-            self.shard_count
+            self.shard_count,
+            self.units_only
         ])
     }
 }
@@ -80,138 +85,79 @@ pub struct RelevanceFile {
 }
 
 impl RelevanceFile {
-    /// Means over the accumulated samples, named after the model's weights.
+    /// Means over the accumulated samples, named after the model's weights. The accumulators'
+    /// buffers are taken over and divided in place: no second copy of the relevance is made.
     pub fn from_accumulators(
         meta: RelMeta,
         model: &DecoderModel,
-        acc: &Accumulators,
+        acc: Accumulators,
         tokens: Option<TokenTable>,
     ) -> Result<Self> {
-        let n = acc.samples.max(1) as f32;
-        let mean = |v: &[f32]| v.iter().map(|x| x / n).collect::<Vec<f32>>();
         let mut tensors = BTreeMap::new();
-        for lin in model.linears() {
-            let Some(a) = acc.layers.get(&lin.name) else {
-                fail!(Input, "no relevance was accumulated for {}", lin.name);
-            };
-            tensors.insert(
-                format!("{}.weight", lin.name),
-                (a.shape.to_vec(), mean(&a.weight)),
-            );
-            if let Some(b) = &a.bias {
-                tensors.insert(format!("{}.bias", lin.name), (vec![b.len()], mean(b)));
-            }
+        let all = 0..model.blocks.len();
+        for (name, shape, v) in block_means(model, acc, all)? {
+            tensors.insert(name, (shape, v));
         }
-        for block in &model.blocks {
-            let (down, prefix) = match &block.mlp {
-                Mlp::Gated { down, .. } => {
-                    (down, down.name.trim_end_matches(".down_proj").to_string())
-                }
-                Mlp::Plain { fc2, .. } => (fc2, fc2.name.trim_end_matches(".fc2").to_string()),
-            };
-            let a = &acc.layers[&down.name];
-            tensors.insert(
-                format!("neurons.{prefix}"),
-                (vec![a.inputs.len()], mean(&a.inputs)),
-            );
-            let o = &block.attn.o;
-            let a = &acc.layers[&o.name];
-            let d = block.attn.head_dim;
-            let heads: Vec<f32> = a
-                .inputs
-                .chunks(d)
-                .map(|c| c.iter().sum::<f32>() / n)
-                .collect();
-            let prefix = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
-            tensors.insert(format!("heads.{prefix}"), (vec![heads.len()], heads));
-        }
-        if let Some(tt) = tokens {
-            let ids = &tt.ids;
-            let t = ids.first().map_or(0, |r| r.len());
-            if t > 0 && ids.iter().all(|r| r.len() == t) {
-                let flat_ids: Vec<f32> = ids.iter().flatten().map(|&x| x as f32).collect();
-                let flat_rel: Vec<f32> = tt.relevance.into_iter().flatten().collect();
-                let index: Vec<f32> = (0..ids.len())
-                    .map(|i| (tt.first_index + i) as f32)
-                    .collect();
-                tensors.insert("tokens.ids".into(), (vec![ids.len(), t], flat_ids));
-                tensors.insert("tokens.relevance".into(), (vec![ids.len(), t], flat_rel));
-                tensors.insert("tokens.index".into(), (vec![ids.len()], index));
-            }
+        for (name, shape, v) in tokens.map(token_tensors).unwrap_or_default() {
+            tensors.insert(name, (shape, v));
         }
         Ok(Self { meta, tensors })
     }
 
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+    /// Write tensor by tensor (no serialised copy of the file in memory), atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        use crate::util::stfile::{Spec, Writer};
+        let specs: Vec<Spec> = self
             .tensors
             .iter()
-            .map(|(k, (s, v))| {
-                (
-                    k.clone(),
-                    s.clone(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            })
+            .map(|(k, (s, _))| Spec::new(k.clone(), safetensors::Dtype::F32, s.clone()))
             .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-            .iter()
-            .map(|(k, s, b)| {
-                Ok((
-                    k.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
         let mut md = HashMap::new();
         // One metadata key: safetensors writes its metadata map in hash order, and outputs
         // must be byte-identical from run to run.
         md.insert("sparc3".to_string(), serde_json::to_string(&self.meta)?);
-        Ok(safetensors::serialize(views, Some(md))?)
+        let mut w = Writer::create(path, &specs, Some(md), true)?;
+        for (k, (_, v)) in &self.tensors {
+            w.write_f32(k, v, None)?;
+        }
+        w.finish()
     }
 
-    pub fn write(&self, path: &Path) -> Result<()> {
-        crate::util::fs::atomic_write(path, &self.to_bytes()?)
-    }
-
+    /// Read a relevance file, tensor by tensor.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
+        let r = crate::util::stfile::Reader::open(path)
             .with_context(|| format!("cannot read relevance file {}", path.display()))
             .tag(Kind::Input)?;
-        let st = match safetensors::SafeTensors::deserialize(&bytes) {
-            Ok(s) => s,
-            Err(e) => fail!(Input, "{}: not a safetensors file: {e}", path.display()),
-        };
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| crate::error::err(Kind::Input, format!("{}: {e}", path.display())))?;
-        let md = header.metadata().clone().unwrap_or_default();
-        let meta: RelMeta = match md.get("sparc3").map(|s| serde_json::from_str::<RelMeta>(s)) {
-            Some(Ok(m)) if m.format == FORMAT => m,
-            Some(Ok(m)) => fail!(
-                Input,
-                "{}: relevance file format {} is not {FORMAT}",
-                path.display(),
-                m.format
-            ),
-            _ => fail!(
-                Input,
-                "{}: not a sparc3 relevance file (no sparc3 metadata)",
-                path.display()
-            ),
-        };
+        let meta = Self::read_meta(path, &r)?;
         let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                fail!(Input, "{}: tensor '{name}' is not f32", path.display());
-            }
-            let v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            tensors.insert(name, (view.shape().to_vec(), v));
+        for (name, info) in r.tensors() {
+            let v = r.f32s(&name, &info).tag(Kind::Input)?;
+            tensors.insert(name, (info.shape.clone(), v));
         }
         Ok(Self { meta, tensors })
+    }
+
+    fn read_meta(path: &Path, r: &crate::util::stfile::Reader) -> Result<RelMeta> {
+        let md = r.metadata();
+        Ok(
+            match md
+                .and_then(|m| m.get("sparc3"))
+                .map(|s| serde_json::from_str::<RelMeta>(s))
+            {
+                Some(Ok(m)) if m.format == FORMAT => m,
+                Some(Ok(m)) => fail!(
+                    Input,
+                    "{}: relevance file format {} is not {FORMAT}",
+                    path.display(),
+                    m.format
+                ),
+                _ => fail!(
+                    Input,
+                    "{}: not a sparc3 relevance file (no sparc3 metadata)",
+                    path.display()
+                ),
+            },
+        )
     }
 
     /// Merge shards of one run: weighted means by sample counts; token tables concatenated in
@@ -350,4 +296,84 @@ fn merge_token_tables(files: &[(String, RelevanceFile)], out: &mut Tensors) {
             rows.iter().flat_map(|r| r.2.iter().copied()).collect(),
         ),
     );
+}
+
+/// One named tensor of a relevance file: name, shape, values.
+pub(super) type Named = (String, Vec<usize>, Vec<f32>);
+
+/// The relevance tensors of `blocks`, as means over the accumulated samples: each linear's
+/// weight (and bias) relevance, its block's neurons (`neurons.*`, the inputs of `down`/`fc2`)
+/// and heads (`heads.*`, the input slices of `o`). The accumulators' buffers are taken over
+/// and divided in place.
+pub(super) fn block_means(
+    model: &DecoderModel,
+    mut acc: Accumulators,
+    blocks: std::ops::Range<usize>,
+) -> Result<Vec<Named>> {
+    use rayon::prelude::*;
+    let n = acc.samples.max(1) as f32;
+    let mean = |mut v: Vec<f32>| {
+        v.par_chunks_mut(1 << 16)
+            .for_each(|c| c.iter_mut().for_each(|x| *x /= n));
+        v
+    };
+    let mut out = Vec::new();
+    for block in &model.blocks[blocks] {
+        let (down, prefix) = match &block.mlp {
+            Mlp::Gated { down, .. } => (down, down.name.trim_end_matches(".down_proj")),
+            Mlp::Plain { fc2, .. } => (fc2, fc2.name.trim_end_matches(".fc2")),
+        };
+        let o = &block.attn.o;
+        let (Some(a), Some(ao)) = (acc.layers.get(&down.name), acc.layers.get(&o.name)) else {
+            fail!(Input, "no relevance was accumulated for block {prefix}");
+        };
+        out.push((
+            format!("neurons.{prefix}"),
+            vec![a.inputs.len()],
+            mean(a.inputs.clone()),
+        ));
+        let heads: Vec<f32> = ao
+            .inputs
+            .chunks(block.attn.head_dim)
+            .map(|c| c.iter().sum::<f32>() / n)
+            .collect();
+        let hp = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
+        out.push((format!("heads.{hp}"), vec![heads.len()], heads));
+        for lin in block.linears() {
+            let Some(a) = acc.layers.remove(&lin.name) else {
+                fail!(Input, "no relevance was accumulated for {}", lin.name);
+            };
+            if acc.per_weight {
+                out.push((
+                    format!("{}.weight", lin.name),
+                    a.shape.to_vec(),
+                    mean(a.weight),
+                ));
+            }
+            if let Some(b) = a.bias {
+                out.push((format!("{}.bias", lin.name), vec![b.len()], mean(b)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The token tables (`tokens.ids`, `tokens.relevance`, `tokens.index`), when every sample has
+/// one length.
+pub(super) fn token_tensors(tt: TokenTable) -> Vec<Named> {
+    let ids = &tt.ids;
+    let t = ids.first().map_or(0, |r| r.len());
+    if t == 0 || !ids.iter().all(|r| r.len() == t) {
+        return Vec::new();
+    }
+    let flat_ids: Vec<f32> = ids.iter().flatten().map(|&x| x as f32).collect();
+    let flat_rel: Vec<f32> = tt.relevance.into_iter().flatten().collect();
+    let index: Vec<f32> = (0..ids.len())
+        .map(|i| (tt.first_index + i) as f32)
+        .collect();
+    vec![
+        ("tokens.ids".into(), vec![ids.len(), t], flat_ids),
+        ("tokens.relevance".into(), vec![ids.len(), t], flat_rel),
+        ("tokens.index".into(), vec![ids.len()], index),
+    ]
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 /// Whether a pass keeps every block's internals from the forward (`Store`) or only the block
 /// inputs, recomputing a block's internals when the backward pass reaches it (`Recompute`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryMode {
     Store,

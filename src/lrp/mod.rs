@@ -17,6 +17,8 @@ pub mod checkpoint;
 pub mod file;
 pub mod memory;
 pub mod pass;
+pub mod plan;
+pub mod staged;
 pub mod target;
 #[cfg(test)]
 mod tests;

@@ -69,7 +69,8 @@ fn pass(
     target.check(t)?;
     let ctx = model.attn_ctx(t)?;
     let ids_v: Vec<Vec<u32>> = ids.to_vec2::<u32>()?;
-    let fwd = Forward::run(model, ids, &ctx, mode)?;
+    let lowest = bwd.acc.blocks.as_ref().map_or(0, |r| r.start);
+    let fwd = Forward::run(model, ids, &ctx, mode, lowest)?;
     let head_w = crate::model::layers::f32_of(&model.lm_head.weight)?.into_owned();
     let head = Head {
         out: &fwd.out,
@@ -110,7 +111,13 @@ struct Forward {
 }
 
 impl Forward {
-    fn run(model: &DecoderModel, ids: &Tensor, ctx: &AttnCtx, mode: MemoryMode) -> Result<Self> {
+    fn run(
+        model: &DecoderModel,
+        ids: &Tensor,
+        ctx: &AttnCtx,
+        mode: MemoryMode,
+        lowest: usize,
+    ) -> Result<Self> {
         let (b, t) = ids.dims2()?;
         let emb = &model.embed;
         let e = emb
@@ -130,9 +137,10 @@ impl Forward {
         let mut inputs = Vec::with_capacity(model.blocks.len());
         let mut stored = Vec::new();
         let mut h = x0;
-        for block in &model.blocks {
+        for (i, block) in model.blocks.iter().enumerate() {
             inputs.push(h.clone());
-            let keep = mode == MemoryMode::Store;
+            // Blocks below an accumulated group are never reached by the backward half.
+            let keep = mode == MemoryMode::Store && i >= lowest;
             let (y, saved) = block.forward_t(&h, ctx, keep)?;
             if let Some(s) = saved {
                 stored.push(s);
@@ -176,10 +184,19 @@ impl Forward {
         if let Some(n) = &model.final_norm {
             g = n.backward(&self.h_last, &g, bwd.rule)?;
         }
+        let group = bwd.acc.blocks.clone().unwrap_or(0..model.blocks.len());
+        let enabled = bwd.acc.enabled;
         for (i, block) in model.blocks.iter().enumerate().rev() {
+            if i < group.start {
+                // Nothing below the group is accumulated: the token relevance is left to the
+                // group that holds the first block.
+                bwd.acc.enabled = enabled;
+                return Ok((Vec::new(), None));
+            }
+            bwd.acc.enabled = enabled && group.contains(&i);
             let recomputed;
             let saved = match mode {
-                MemoryMode::Store => &self.stored[i],
+                MemoryMode::Store => &self.stored[i - group.start],
                 MemoryMode::Recompute => {
                     recomputed = block
                         .forward_t(&self.inputs[i], ctx, true)?
@@ -190,6 +207,7 @@ impl Forward {
             };
             g = block.backward(saved, &g, ctx, bwd)?;
         }
+        bwd.acc.enabled = enabled;
         let position_relevance = match &self.pos {
             Some(p) => Some(row_sums(&g.broadcast_mul(p)?)?),
             None => None,

@@ -25,11 +25,17 @@ pub struct WeightStore {
     /// Shard file of each tensor, as written in the checkpoint's index (for sharded outputs).
     pub shard_of: BTreeMap<String, String>,
     pub device: Device,
-    pub dtype: DType,
+    /// The in-memory dtype of floating tensors (None: their on-disk dtype).
+    pub dtype: Option<DType>,
 }
 
 impl WeightStore {
-    pub fn new(device: Device, dtype: DType) -> Self {
+    /// The in-memory dtype of a floating tensor stored as `disk`.
+    pub fn dtype_for(&self, disk: DType) -> DType {
+        self.dtype.unwrap_or(disk)
+    }
+
+    pub fn new(device: Device, dtype: Option<DType>) -> Self {
         Self {
             tensors: HashMap::new(),
             order: Vec::new(),

@@ -120,6 +120,10 @@ pub struct Accumulators {
     /// When false, only neuron/head (input-feature) relevance is accumulated: the per-weight
     /// product `gᵀx` — a third of the backward pass — is skipped (structured jobs).
     pub per_weight: bool,
+    /// Only the layers of these consecutive blocks are accumulated (None: all), so that the
+    /// per-weight sums of a large model can be made group by group; the pass then stops below
+    /// the group's first block.
+    pub blocks: Option<std::ops::Range<usize>>,
 }
 
 /// Read a contiguous f32 CPU tensor without copying.
@@ -143,6 +147,7 @@ impl Accumulators {
             samples: 0,
             enabled: true,
             per_weight: true,
+            blocks: None,
         }
     }
 

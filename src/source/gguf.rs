@@ -237,7 +237,9 @@ pub fn load_gguf(
         }
         let v = t.flatten_all()?.to_vec1::<f32>()?;
         check_finite(path, name, &v)?;
-        let t = t.to_device(&store.device)?.to_dtype(store.dtype)?;
+        let t = t
+            .to_device(&store.device)?
+            .to_dtype(store.dtype_for(disk))?;
         store.insert(
             hf,
             Stored {

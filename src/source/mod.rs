@@ -23,8 +23,9 @@ pub struct ModelRequest {
     pub tokenizer: Option<PathBuf>,
     pub offline: bool,
     pub device: Device,
-    /// Storage dtype of the weights (compute is f32 on CPU).
-    pub dtype: DType,
+    /// Storage dtype of the weights in memory (None: each tensor's on-disk dtype; compute is
+    /// f32 on CPU).
+    pub dtype: Option<DType>,
 }
 
 impl ModelRequest {
@@ -34,7 +35,7 @@ impl ModelRequest {
             tokenizer: None,
             offline: true,
             device: Device::Cpu,
-            dtype: DType::F32,
+            dtype: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::error::{Kind, Tag};
 use crate::fail;
 use crate::model::weights::{Stored, WeightStore};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -105,11 +105,37 @@ fn load_one(store: &mut WeightStore, path: &Path) -> Result<()> {
     // by sparc3 (a concurrent writer would be a user error that safetensors' checks may catch).
     let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
         .with_context(|| format!("mapping {}", path.display()))?;
-    load_bytes(store, path, &mmap)
+    // Each tensor's pages are released once it is copied: a shard never counts twice (mapped
+    // and copied) in the process's memory.
+    let release = |data: &[u8]| {
+        let page = 4096;
+        let off = data.as_ptr() as usize - mmap.as_ptr() as usize;
+        let start = off / page * page;
+        let len = (off + data.len()).div_ceil(page) * page - start;
+        // SAFETY: a read-only file mapping: dropped pages are read back from the file if
+        // touched again.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                len.min(mmap.len() - start),
+            )
+        };
+    };
+    load_bytes_with(store, path, &mmap, &release)
 }
 
 /// Load one safetensors image (a mapped file or embedded bytes); `path` labels errors.
 pub fn load_bytes(store: &mut WeightStore, path: &Path, bytes: &[u8]) -> Result<()> {
+    load_bytes_with(store, path, bytes, &|_| {})
+}
+
+fn load_bytes_with(
+    store: &mut WeightStore,
+    path: &Path,
+    bytes: &[u8],
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> Result<()> {
     check_header(path, bytes)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
@@ -120,7 +146,8 @@ pub fn load_bytes(store: &mut WeightStore, path: &Path, bytes: &[u8]) -> Result<
         names
             .par_iter()
             .map(|(name, view)| {
-                let (t, disk) = view_to_tensor(path, name, view, &store.device, store.dtype)?;
+                let (t, disk) = view_to_tensor(path, name, view, store)?;
+                release(view.data());
                 Ok((
                     name.clone(),
                     Stored {
@@ -228,9 +255,9 @@ fn view_to_tensor(
     path: &Path,
     name: &str,
     view: &safetensors::tensor::TensorView<'_>,
-    device: &Device,
-    dtype: DType,
+    store: &WeightStore,
 ) -> Result<(Tensor, DType)> {
+    let device = &store.device;
     use safetensors::Dtype as S;
     let shape = view.shape().to_vec();
     let data = view.data();
@@ -285,6 +312,7 @@ fn view_to_tensor(
             path.display()
         ),
     };
+    let dtype = store.dtype_for(disk);
     let t = if t.dtype() != dtype {
         t.to_dtype(dtype)?
     } else {

@@ -5,6 +5,7 @@
 pub mod fs;
 pub mod interrupt;
 pub mod rng;
+pub mod stfile;
 
 pub use rng::Rng;
 
@@ -18,11 +19,48 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (Linux).
+/// The memory this process may still allocate: `MemAvailable`, capped by what the cgroup's
+/// limit leaves (a batch scheduler's job) and by `SPARC3_MEMORY_AVAILABLE` (bytes, or with a
+/// KiB/MiB/GiB suffix; for planning as if on a smaller machine).
 pub fn mem_available() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let mut avail = kb * 1024;
+    let cg = |f: &str| -> Option<usize> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    if let (Some(max), Some(cur)) = (cg("memory.max"), cg("memory.current")) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    if let Some(v) = std::env::var("SPARC3_MEMORY_AVAILABLE")
+        .ok()
+        .and_then(|v| parse_size(&v))
+    {
+        avail = avail.min(v);
+    }
+    Some(avail)
+}
+
+/// `123`, `4KiB`, `512MiB`, `6GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB` as binary units).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let i = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(i);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => (1u64 << 20) as f64,
+        "g" | "gb" | "gib" => (1u64 << 30) as f64,
+        _ => return None,
+    };
+    num.parse::<f64>().ok().map(|n| (n * mult) as usize)
 }
 
 /// Peak resident set size of this process, in bytes (Linux).

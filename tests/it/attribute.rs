@@ -998,3 +998,79 @@ fn existing_out_and_missing_directory() {
     );
     b.refuse(&args, OUTPUT, &["directory"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. The memory plan: block groups.
+// ---------------------------------------------------------------------------------------------
+
+/// Accumulating in groups of consecutive blocks (one pass over the data each) writes the file a
+/// single pass writes, byte for byte: asked for (`--passes`) and chosen by the plan when the
+/// per-weight sums do not fit at once.
+#[test]
+fn grouped_passes_equal_one_pass_bit_for_bit_on_smollm2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let m = smollm2();
+    let data = common::data("wikitext-2-raw/wiki.test.joined.txt");
+    let data = p(&data);
+    let base = ["--data", &data, "--samples", "2", "--seq-len", "24"];
+    let run_with = |extra: &[&str], env: &[(&str, &str)], name: &str| {
+        let out = d.join(name);
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra);
+        args.push("--json");
+        let r = common::run_bin_env(
+            &attribute_args(Some(&m), &args, &out),
+            env,
+            std::time::Duration::from_secs(300),
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        (common::json_of(&r), std::fs::read(&out).unwrap())
+    };
+    let (one, single) = run_with(&["--passes", "1"], &[], "one.st");
+    assert_eq!(one["plan"]["groups"].as_array().unwrap().len(), 1);
+    for passes in ["3", "30"] {
+        let (v, bytes) = run_with(&["--passes", passes], &[], &format!("p{passes}.st"));
+        assert_eq!(
+            v["plan"]["groups"].as_array().unwrap().len().to_string(),
+            passes
+        );
+        assert!(bytes == single, "--passes {passes} differs from one pass");
+    }
+    // 700 MiB left after loading: the plan splits SmolLM2's 0.4 GiB of sums (512 MiB reserve).
+    let env = [("SPARC3_MEMORY_AVAILABLE", "700MiB")];
+    let (v, bytes) = run_with(&["--memory", "store"], &env, "auto.st");
+    let groups = v["plan"]["groups"].as_array().unwrap().len();
+    assert!(groups > 1, "the plan did not split: {}", v["plan"]);
+    assert!(
+        bytes == single,
+        "the plan's {groups} passes differ from one pass"
+    );
+    assert_eq!(v["memory_mode"], "store");
+}
+
+/// When not even one block's sums fit, or the groups asked for are too large, the plan refuses
+/// (exit 5) with the flags that would make it fit, and writes nothing.
+#[test]
+fn plan_refuses_what_cannot_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.st");
+    let m = smollm2();
+    let data = p(&common::data("wikitext-2-raw/wiki.test.joined.txt"));
+    let args = |extra: &[&str]| {
+        let mut a = vec!["--data", data.as_str(), "--samples", "1", "--seq-len", "24"];
+        a.extend(extra);
+        attribute_args(Some(&m), &a, &out)
+    };
+    let small = [("SPARC3_MEMORY_AVAILABLE", "520MiB")];
+    let r = common::run_bin_env(&args(&[]), &small, std::time::Duration::from_secs(300));
+    assert_error(&r, common::RESOURCE, &["MiB", "--seq-len", "--force"]);
+    let some = [("SPARC3_MEMORY_AVAILABLE", "700MiB")];
+    let r = common::run_bin_env(
+        &args(&["--passes", "1"]),
+        &some,
+        std::time::Duration::from_secs(300),
+    );
+    assert_error(&r, common::RESOURCE, &["--passes auto", "--force"]);
+    assert_eq!(listing(tmp.path()), Vec::<String>::new());
+}

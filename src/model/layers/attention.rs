@@ -51,8 +51,9 @@ pub struct AttnCtx {
     pub rope: Option<(Tensor, Tensor)>,
     /// `-sin`, for the transposed rotation in the backward pass.
     pub neg_sin: Option<Tensor>,
-    /// `[groups·T, T]`: 0 on and below the diagonal, −∞ above, stacked `groups` times.
-    pub mask: Tensor,
+    /// `[groups·T, T]`: 0 on and below the diagonal, −∞ above, stacked `groups` times (only
+    /// off the CPU, whose softmax kernel applies the causal structure itself).
+    pub mask: Option<Tensor>,
 }
 
 impl AttnCtx {
@@ -62,16 +63,20 @@ impl AttnCtx {
         rope: Option<&Rope>,
         device: &Device,
     ) -> Result<Self> {
-        let mut m = vec![0f32; groups * seq_len * seq_len];
-        for g in 0..groups {
-            for i in 0..seq_len {
-                let row = &mut m[(g * seq_len + i) * seq_len..(g * seq_len + i + 1) * seq_len];
-                for v in row.iter_mut().skip(i + 1) {
-                    *v = f32::NEG_INFINITY;
+        let mask = if device.is_cpu() {
+            None
+        } else {
+            let mut m = vec![0f32; groups * seq_len * seq_len];
+            for g in 0..groups {
+                for i in 0..seq_len {
+                    let row = &mut m[(g * seq_len + i) * seq_len..(g * seq_len + i + 1) * seq_len];
+                    for v in row.iter_mut().skip(i + 1) {
+                        *v = f32::NEG_INFINITY;
+                    }
                 }
             }
-        }
-        let mask = Tensor::from_vec(m, (groups * seq_len, seq_len), device)?;
+            Some(Tensor::from_vec(m, (groups * seq_len, seq_len), device)?)
+        };
         let rope = match rope {
             Some(r) => Some(r.tables(seq_len, device)?),
             None => None,
@@ -88,6 +93,10 @@ impl AttnCtx {
         })
     }
 }
+
+/// Bytes of one `[g·T, T]` gradient formed at a time in the backward pass (at least one KV
+/// head's).
+const ATTN_CHUNK_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -146,7 +155,7 @@ impl Attention {
         // Query heads of one KV group stacked along the sequence axis.
         let q = q.reshape((b, kv, g * t, d))?;
         let scores = bmm(&q, &k.t()?)?;
-        let probs = crate::kernels::causal_softmax(&scores, t, self.scale, &ctx.mask)?;
+        let probs = crate::kernels::causal_softmax(&scores, t, self.scale, ctx.mask.as_ref())?;
         let ctxv = bmm(&probs, &v)?; // [B, kv, g·T, d]
         let merged = ctxv
             .reshape((b, self.n_heads, t, d))?
@@ -212,23 +221,37 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, kv, g * t, d))?;
-        // A·v
-        // A·v: the A path gets `share` of the gradient, applied below with the other factors.
-        let g_p = bmm(&g_c, &sv.v.t()?)?;
-        let g_v = (bmm(&sv.probs.t()?, &g_c)? * share)?; // [B, kv, T, d]
-                                                         // softmax g_s = p ⊙ (g_p − Σ p ⊙ g_p) (masked entries have p = 0), then the score scale
-                                                         // and the q·kᵀ share.
-        let g_s = crate::kernels::causal_softmax_backward(
-            &sv.probs,
-            &g_p,
-            t,
-            self.scale * share * share,
-        )?;
-        // q·kᵀ
-        let g_q = bmm(&g_s, &sv.k)?; // [B, kv, g·T, d]
-        let g_k = bmm(&g_s.t()?, &sv.q)?; // [B, kv, T, d]
-        let mut g_q = g_q.reshape((b, self.n_heads, t, d))?;
-        let mut g_k = g_k.contiguous()?;
+        // KV heads a few at a time: the `[g·T, T]` gradients of long sequences are the largest
+        // tensors of a pass (each head's products are the same as in one batched call).
+        let per_head = g * t * t * 4;
+        let step = (ATTN_CHUNK_BYTES / per_head.max(1)).clamp(1, kv);
+        let (mut gqs, mut gks, mut gvs) = (Vec::new(), Vec::new(), Vec::new());
+        for h in (0..kv).step_by(step) {
+            let n = step.min(kv - h);
+            let part = |x: &Tensor| x.narrow(1, h, n);
+            let (probs, g_c) = (part(&sv.probs)?, part(&g_c)?);
+            // A·v: the A path gets `share` of the gradient, applied below with the other factors.
+            let g_p = bmm(&g_c, &part(&sv.v)?.t()?)?;
+            gvs.push((bmm(&probs.t()?, &g_c)? * share)?); // [B, n, T, d]
+                                                          // softmax g_s = p ⊙ (g_p − Σ p ⊙ g_p) (masked entries have p = 0), then the score
+                                                          // scale and the q·kᵀ share.
+            let c = self.scale * share * share;
+            let g_s = crate::kernels::causal_softmax_backward(&probs, &g_p, t, c)?;
+            drop(g_p);
+            // q·kᵀ
+            gqs.push(bmm(&g_s, &part(&sv.k)?)?); // [B, n, g·T, d]
+            gks.push(bmm(&g_s.t()?, &part(&sv.q)?)?); // [B, n, T, d]
+        }
+        let cat = |v: Vec<Tensor>| -> Result<Tensor> {
+            Ok(if v.len() == 1 {
+                v.into_iter().next().expect("one")
+            } else {
+                Tensor::cat(&v, 1)?
+            })
+        };
+        let g_v = cat(gvs)?;
+        let mut g_q = cat(gqs)?.reshape((b, self.n_heads, t, d))?;
+        let mut g_k = cat(gks)?.contiguous()?;
         if let (Some((cos, _)), Some(neg_sin)) = (&ctx.rope, &ctx.neg_sin) {
             // The transposed rotation undoes RoPE.
             g_q = candle_nn::rotary_emb::rope(&g_q.contiguous()?, cos, neg_sin)?;
