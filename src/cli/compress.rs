@@ -120,12 +120,12 @@ pub fn run(a: CompressArgs) -> Result<()> {
         .as_deref()
         .map(|d| values::parse_dtype(d, "--out-dtype"))
         .transpose()?;
-    let loaded = a.model.load()?;
+    let mut loaded = a.model.load()?;
     let force = a.output.force;
     let inputs = a.prune.inputs(&a.model);
     crate::io::hf::check_out(&a.out, force, loaded.origin.dir(), &inputs)?;
-    let o = compress::run(&loaded, &cfg, &Bar::default())?;
-    let contents = crate::jobs::model_contents(&loaded, &o.model);
+    let o = compress::run(&mut loaded, &cfg, &Bar::default())?;
+    let contents = crate::jobs::model_contents(&loaded, &loaded.model);
     crate::io::hf::write(&contents, &a.out, force, out_dtype, &o.files)?;
     crate::jobs::remove_checkpoints(&o.checkpoint);
     if a.output.json {

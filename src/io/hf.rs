@@ -192,7 +192,7 @@ pub fn write_into(
     dtype: Option<DType>,
     files: &[(String, Vec<u8>)],
 ) -> Result<()> {
-    let (tensors, out_dtype) = plan_tensors(c, dtype);
+    let (tensors, out_dtype) = plan_tensors(c, dtype)?;
     let mut by_file: BTreeMap<String, Vec<&Planned>> = BTreeMap::new();
     let sharded = c.sharded && !c.store.shard_of.is_empty();
     for t in &tensors {
@@ -242,7 +242,10 @@ impl Planned<'_> {
 /// Every tensor of the store (the model's linear weights in place of the store's) in
 /// checkpoint order, in `dtype` (default: its on-disk dtype; i64 stays i64), and the dtype
 /// the written floats ended in.
-fn plan_tensors<'a>(c: &'a Contents<'a>, dtype: Option<DType>) -> (Vec<Planned<'a>>, DType) {
+fn plan_tensors<'a>(
+    c: &'a Contents<'a>,
+    dtype: Option<DType>,
+) -> Result<(Vec<Planned<'a>>, DType)> {
     let replaced: HashMap<String, &Tensor> = c
         .model
         .linears()
@@ -254,7 +257,13 @@ fn plan_tensors<'a>(c: &'a Contents<'a>, dtype: Option<DType>) -> (Vec<Planned<'
     let mut tensors = Vec::new();
     for n in store.names() {
         let s = store.peek(n).expect("listed");
-        let t = replaced.get(n).copied().unwrap_or(&s.tensor);
+        let t = match replaced.get(n) {
+            Some(t) => t,
+            None if store.is_released(n) => {
+                anyhow::bail!("tensor '{n}' is held by neither the store nor the model")
+            }
+            None => &s.tensor,
+        };
         let dt = match s.disk_dtype {
             DType::I64 => DType::I64,
             disk => dtype.unwrap_or(disk),
@@ -268,7 +277,7 @@ fn plan_tensors<'a>(c: &'a Contents<'a>, dtype: Option<DType>) -> (Vec<Planned<'
             dtype: dt,
         });
     }
-    (tensors, out_dtype)
+    Ok((tensors, out_dtype))
 }
 
 /// One safetensors file holding `list`, written tensor by tensor (one tensor's bytes in memory

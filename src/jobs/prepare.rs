@@ -4,7 +4,7 @@
 use super::DataRef;
 use crate::eval::perplexity::{self, PplResult};
 use crate::invalid;
-use crate::lrp::file::{RelMeta, RelevanceFile};
+use crate::lrp::file::{RelMeta, RelevanceReader};
 use crate::lrp::Target;
 use crate::model::DecoderModel;
 use crate::relevance::accum::Aggregation;
@@ -210,7 +210,7 @@ impl Prepared {
         &self,
         pattern: &crate::prune::mask::Pattern,
         layers: &super::LayerFilter,
-        scores: Option<(&PathBuf, &RelevanceFile)>,
+        scores: Option<(&PathBuf, &RelevanceReader)>,
         use_file_target: bool,
         windows: Option<usize>,
     ) -> PruneProtocol {
@@ -229,7 +229,7 @@ impl Prepared {
 
     /// The data inputs, for the provenance; a reused relevance file contributes the
     /// calibration data behind it.
-    pub fn data_refs_with(&self, scores: Option<&RelevanceFile>) -> Vec<DataRef> {
+    pub fn data_refs_with(&self, scores: Option<&RelevanceReader>) -> Vec<DataRef> {
         let mut v = self.data_refs();
         if let Some(r) = scores {
             v.push(DataRef::new(

@@ -6,7 +6,7 @@ use super::prepare::{Prepared, PruneProtocol, PruneSetup};
 use super::{Artefact, Progress, Provenance};
 use crate::invalid;
 use crate::io::svg;
-use crate::lrp::file::RelevanceFile;
+use crate::lrp::file::RelevanceReader;
 use crate::prune::mask::{Pattern, Scope};
 use crate::prune::method::Method;
 use crate::source::Loaded;
@@ -77,7 +77,7 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         .prune
         .scores
         .as_deref()
-        .map(RelevanceFile::read)
+        .map(RelevanceReader::open)
         .transpose()?;
     let fresh_attribution = methods
         .iter()
@@ -139,7 +139,7 @@ fn one_method(
     cfg: &Config,
     prep: &Prepared,
     method: Method,
-    scores: Option<(&RelevanceFile, String)>,
+    scores: Option<(&RelevanceReader, String)>,
     ratios: &[f64],
     progress: &dyn Progress,
 ) -> Result<Series> {

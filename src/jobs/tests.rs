@@ -95,7 +95,7 @@ fn compress_and_sweep_reports_round_trip() {
         out: None,
         save_mask: true,
     };
-    let o = compress::run(&m, &cfg, &Quiet).unwrap();
+    let o = compress::run(&mut demo(), &cfg, &Quiet).unwrap();
     let v = round_trip(&o.report, "compress");
     assert_eq!(v["ratio_achieved_in_pruned_layers"], 0.5);
     let names: Vec<&str> = o.files.iter().map(|f| f.0.as_str()).collect();

@@ -84,6 +84,42 @@ pub struct RelevanceFile {
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
+/// A relevance file opened for reading tensor by tensor (a large model's per-weight relevance
+/// need not fit in memory at once).
+pub struct RelevanceReader {
+    pub meta: RelMeta,
+    reader: crate::util::stfile::Reader,
+    infos: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl RelevanceReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let reader = crate::util::stfile::Reader::open(path)
+            .with_context(|| format!("cannot read relevance file {}", path.display()))
+            .tag(Kind::Input)?;
+        let meta = RelevanceFile::read_meta(path, &reader)?;
+        let infos = reader.tensors().into_iter().collect();
+        Ok(Self {
+            meta,
+            reader,
+            infos,
+        })
+    }
+
+    /// A tensor's shape (None: the file does not hold it).
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.infos.get(name).map(|i| i.shape.as_slice())
+    }
+
+    /// A tensor's values, read now.
+    pub fn values(&self, name: &str) -> Result<Vec<f32>> {
+        let Some(info) = self.infos.get(name) else {
+            fail!(Input, "relevance file holds no tensor '{name}'");
+        };
+        self.reader.f32s(name, info).tag(Kind::Input)
+    }
+}
+
 impl RelevanceFile {
     /// Means over the accumulated samples, named after the model's weights. The accumulators'
     /// buffers are taken over and divided in place: no second copy of the relevance is made.

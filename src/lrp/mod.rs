@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod file;
+pub mod head;
 pub mod memory;
 pub mod pass;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! the block inputs, to recompute), the seed at the head's input from the target, then the
 //! backward through the layers' rules, last block to first.
 
+use super::head::HeadW;
 use super::memory::MemoryMode;
 use super::target::{Target, TokenSet};
 use crate::fail;
@@ -33,19 +34,6 @@ fn row_sums(x: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// `[rows, vocab]` probabilities stay small for long sequences.
 const HEAD_ROWS: usize = 128;
 
-/// For head inputs `o` `[rows, d]`: the softmax over the vocabulary `p`, its log-normaliser
-/// `logsumexp` `[rows, 1]` and `p · W` `[rows, d]` (the softmax's pull on the head's input).
-fn head_softmax(o: &Tensor, head_w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let logits = crate::kernels::gemm::mm(&o.to_dtype(DType::F32)?, &head_w.t()?)?;
-    let mx = logits.max_keepdim(1)?;
-    let e = logits.broadcast_sub(&mx)?.exp()?;
-    let s = e.sum_keepdim(1)?;
-    let lse = (s.log()? + mx)?;
-    let p = e.broadcast_div(&s)?;
-    let gp = crate::kernels::gemm::mm(&p, head_w)?;
-    Ok((p, lse, gp))
-}
-
 /// Run one relevance pass on `ids` `[B, T]`, accumulating weight relevance into `bwd.acc`.
 pub fn relevance_pass(
     model: &DecoderModel,
@@ -71,13 +59,14 @@ fn pass(
     let ids_v: Vec<Vec<u32>> = ids.to_vec2::<u32>()?;
     let lowest = bwd.acc.blocks.as_ref().map_or(0, |r| r.start);
     let fwd = Forward::run(model, ids, &ctx, mode, lowest)?;
-    let head_w = crate::model::layers::f32_of(&model.lm_head.weight)?.into_owned();
     let head = Head {
         out: &fwd.out,
-        w: &head_w,
+        w: HeadW {
+            w: &model.lm_head.weight,
+        },
         b,
         t,
-        dout: head_w.dims()[1],
+        dout: model.lm_head.weight.dims()[1],
     };
     let (seeds, target_ids) = seeds(model, target, &ids_v, &head)?;
     let (start, g_out) = head.seed(&seeds, target, &ids_v)?;
@@ -301,7 +290,7 @@ fn last_tokens(model: &DecoderModel, token: Option<u32>, head: &Head) -> Result<
         }
         return Ok(vec![tok; b]);
     }
-    let logits = crate::kernels::gemm::mm(&last, &head.w.t()?)?;
+    let logits = head.w.logits(&last.to_dtype(DType::F32)?)?;
     let mut chosen = Vec::with_capacity(b);
     for row in logits.to_vec2::<f32>()? {
         // First maximum, as torch.argmax.
@@ -321,8 +310,8 @@ fn last_tokens(model: &DecoderModel, token: Option<u32>, head: &Head) -> Result<
 struct Head<'a> {
     /// The head's input `[B, T, dout]`.
     out: &'a Tensor,
-    /// The head's weight `[vocab, dout]`, f32.
-    w: &'a Tensor,
+    /// The head's weight `[vocab, dout]`.
+    w: HeadW<'a>,
     b: usize,
     t: usize,
     dout: usize,
@@ -356,9 +345,9 @@ impl Head<'_> {
             .to_vec1::<f32>()?;
         let mut g_out = vec![0f32; b * t * dout];
         let mut start = vec![0f64; b];
-        accum::with_f32(self.w, |wv| {
+        self.w.with_rows(seeds.iter().map(|s| s.2), |row_of| {
             for &(bi, ti, tok, c) in seeds {
-                let row = &wv[tok as usize * dout..(tok as usize + 1) * dout];
+                let row = row_of(tok);
                 let off = (bi * t + ti) * dout;
                 let hv = &out_v[off..off + dout];
                 let logit: f64 = row
@@ -402,7 +391,7 @@ impl Head<'_> {
                 let rows = HEAD_ROWS.min(last + 1 - r0);
                 let cv = &rows_of[r0..r0 + rows];
                 let o = self.out.get(bi)?.narrow(0, r0, rows)?;
-                let (_, lse, gp) = head_softmax(&o, self.w)?;
+                let (_, lse, gp) = self.w.softmax(&o)?;
                 let lse = lse.flatten_all()?.to_vec1::<f32>()?;
                 *st -= lse
                     .iter()
@@ -440,9 +429,10 @@ impl Head<'_> {
         for (bi, st) in start.iter_mut().enumerate() {
             for r0 in (prompt_len - 1..t - 1).step_by(HEAD_ROWS) {
                 let rows = HEAD_ROWS.min(t - 1 - r0);
-                let (p, _, gp) = head_softmax(&self.out.get(bi)?.narrow(0, r0, rows)?, self.w)?;
+                let (p, _, gp) = self.w.softmax(&self.out.get(bi)?.narrow(0, r0, rows)?)?;
                 let (pv, gp) = (p.to_vec2::<f32>()?, gp.to_vec2::<f32>()?);
-                accum::with_f32(self.w, |wv| {
+                let toks = (r0..r0 + rows).flat_map(|ti| set.at(ids_v[bi][ti]));
+                self.w.with_rows(toks, |row_of| {
                     for r in 0..rows {
                         let ti = r0 + r;
                         let probs = &pv[r];
@@ -458,7 +448,7 @@ impl Head<'_> {
                         }
                         for v in set.at(ids_v[bi][ti]) {
                             let c = probs[v as usize];
-                            let row = &wv[v as usize * dout..(v as usize + 1) * dout];
+                            let row = row_of(v);
                             for (g, w) in gs.iter_mut().zip(row) {
                                 *g += c * w;
                             }

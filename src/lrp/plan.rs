@@ -1,6 +1,6 @@
 //! The memory plan of an attribution: what the run will still allocate once the model is loaded
-//! (f32 accumulators for what is kept, one block's or every block's activations, the head's
-//! f32 weight, the vocabulary softmax in row chunks, the f32 copy of the largest weight)
+//! (f32 accumulators for what is kept, one block's or every block's activations, a slice of the
+//! head's weight in f32, the vocabulary softmax in row chunks, the f32 copy of the largest weight)
 //! against the memory available; the choice of store or recompute; and, when per-weight
 //! accumulators do not fit, groups of consecutive blocks accumulated one pass at a time.
 
@@ -59,7 +59,9 @@ fn pass_bytes(model: &DecoderModel, seq_len: usize, mode: MemoryMode) -> usize {
     let softmax = t.min(HEAD_ROWS) * d.vocab * 4 * 3;
     // Per-token neuron/head sums and gradients in flight: a few [T, intermediate] tensors.
     let inputs: usize = model.linears().iter().map(|l| l.in_features() * 4).sum();
-    acts + softmax + inputs + f32_copy(head.elem_count(), head.dtype()) + f32_copy(largest, wdt) * 2
+    // A non-f32 head is converted a vocabulary slice at a time (`head::HeadW`).
+    let head_f32 = f32_copy(head.elem_count().min(8192 * head.dims()[1]), head.dtype());
+    acts + softmax + inputs + head_f32 + f32_copy(largest, wdt) * 2
 }
 
 /// Per-weight accumulator bytes of each block.

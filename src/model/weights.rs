@@ -25,6 +25,9 @@ pub struct WeightStore {
     /// Shard file of each tensor, as written in the checkpoint's index (for sharded outputs).
     pub shard_of: BTreeMap<String, String>,
     pub device: Device,
+    /// Tensors let go of because the model holds (a pruned version of) them: the writer
+    /// takes them from the model.
+    released: std::collections::HashSet<String>,
     /// The in-memory dtype of floating tensors (None: their on-disk dtype).
     pub dtype: Option<DType>,
 }
@@ -42,6 +45,7 @@ impl WeightStore {
             shard_of: BTreeMap::new(),
             device,
             dtype,
+            released: Default::default(),
         }
     }
 
@@ -56,6 +60,23 @@ impl WeightStore {
         self.order.push(name.clone());
         self.tensors.insert(name, stored);
         Ok(())
+    }
+
+    /// Let go of these tensors (the model that shares them is about to replace them); their
+    /// names, files and dtypes stay.
+    pub fn release(&mut self, names: &[String]) {
+        for n in names {
+            if let Some(s) = self.tensors.get_mut(n) {
+                if let Ok(empty) = Tensor::zeros(0, s.tensor.dtype(), &self.device) {
+                    s.tensor = empty;
+                    self.released.insert(n.clone());
+                }
+            }
+        }
+    }
+
+    pub fn is_released(&self, name: &str) -> bool {
+        self.released.contains(name)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -90,6 +111,9 @@ impl WeightStore {
                 Input,
                 "checkpoint has no tensor '{name}' (expected shape {shape:?})"
             ),
+            Some(_) if self.released.contains(name) => {
+                fail!(Input, "tensor '{name}' was released to the model")
+            }
             Some(s) => {
                 if s.tensor.dims() != shape {
                     fail!(

@@ -4,7 +4,7 @@
 use super::apply_mask;
 use super::mask::{self, Pattern, Scope};
 use crate::fail;
-use crate::lrp::file::RelevanceFile;
+use crate::lrp::file::RelevanceReader;
 use crate::model::DecoderModel;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -18,13 +18,14 @@ pub fn magnitude(w: &Tensor) -> Result<Vec<f32>> {
         .to_vec1::<f32>()?)
 }
 
-/// Scores from a relevance file, checked against the model.
-pub fn from_relevance(
-    file: &RelevanceFile,
+/// Check a relevance file against the model (its config, and a per-weight tensor of the right
+/// shape for every linear layer) before any of it is read.
+pub fn check_relevance(
+    file: &RelevanceReader,
     model: &DecoderModel,
     config_sha256: &str,
     label: &str,
-) -> Result<HashMap<String, Vec<f32>>> {
+) -> Result<()> {
     if file.meta.config_sha256 != config_sha256 {
         fail!(
             Input,
@@ -32,22 +33,50 @@ pub fn from_relevance(
             file.meta.model
         );
     }
-    let mut out = HashMap::new();
+    if let Some(g) = file.meta.units_only {
+        fail!(
+            Input,
+            "{label}: holds only {} relevance (attributed with granularity {}); per-weight scores need granularity weight",
+            g.name(),
+            g.name()
+        );
+    }
     for lin in model.linears() {
         let key = format!("{}.weight", lin.name);
-        let Some((shape, v)) = file.tensors.get(&key) else {
+        let Some(shape) = file.shape(&key) else {
             fail!(Input, "{label}: no scores for {key}");
         };
-        if shape.as_slice() != lin.weight.dims() {
+        if shape != lin.weight.dims() {
             fail!(
                 Input,
                 "{label}: scores for {key} have shape {shape:?}, the weight is {:?}",
                 lin.weight.dims()
             );
         }
-        out.insert(lin.name.clone(), v.iter().map(|x| x.abs()).collect());
     }
-    Ok(out)
+    Ok(())
+}
+
+/// One layer's scores (`|R|`) from a checked relevance file.
+pub fn layer_relevance(file: &RelevanceReader, layer: &str) -> Result<Vec<f32>> {
+    let mut v = file.values(&format!("{layer}.weight"))?;
+    v.iter_mut().for_each(|x| *x = x.abs());
+    Ok(v)
+}
+
+/// Scores of every linear layer from a relevance file, checked against the model.
+pub fn from_relevance(
+    file: &RelevanceReader,
+    model: &DecoderModel,
+    config_sha256: &str,
+    label: &str,
+) -> Result<HashMap<String, Vec<f32>>> {
+    check_relevance(file, model, config_sha256, label)?;
+    model
+        .linears()
+        .iter()
+        .map(|lin| Ok((lin.name.clone(), layer_relevance(file, &lin.name)?)))
+        .collect()
 }
 
 /// Per-input-feature statistics of a linear layer's inputs over calibration tokens.

@@ -2,7 +2,7 @@
 //! by OBS). Shared by `compress` (one ratio) and `sweep` (one scoring, many ratios).
 
 use crate::invalid;
-use crate::lrp::file::RelevanceFile;
+use crate::lrp::file::RelevanceReader;
 use crate::lrp::{self, Target};
 use crate::model::DecoderModel;
 use crate::prune::mask::{self, Pattern, Scope};
@@ -23,7 +23,7 @@ pub struct CompressJob<'a> {
     /// How a fresh attribution aggregates weight relevance over tokens and samples.
     pub aggregation: Aggregation,
     /// Precomputed relevance (`--scores`), with its label.
-    pub scores: Option<(&'a RelevanceFile, String)>,
+    pub scores: Option<(&'a RelevanceReader, String)>,
     pub config_sha256: &'a str,
     /// Only layers whose name matches are pruned.
     pub layers: Option<regex::Regex>,
@@ -150,6 +150,11 @@ fn choose(
             seconds_scores: start.elapsed().as_secs_f64(),
         });
     }
+    let by_layer = job.scope != Scope::Global || job.pattern != Pattern::Unstructured;
+    if let (Some((file, label)), None, true) = (&job.scores, job.precomputed, by_layer) {
+        check_method(job, file, label)?;
+        return prune_from_file(model, job, file, label, selected, start);
+    }
     let owned;
     let score = match job.precomputed {
         Some(s) => s,
@@ -211,19 +216,7 @@ pub fn scores_of(
             .collect::<Result<_>>()?,
         Method::Lrp | Method::Gradient => match &job.scores {
             Some((file, label)) => {
-                let expected = if job.method == Method::Lrp {
-                    "lrp"
-                } else {
-                    "grad"
-                };
-                if file.meta.rule != expected {
-                    invalid!(
-                        Method,
-                        "{}: {label} holds '{}' relevance but this method needs '{expected}'",
-                        job.method.name(),
-                        file.meta.rule
-                    );
-                }
+                check_method(job, file, label)?;
                 scores::from_relevance(file, model, job.config_sha256, label)?
             }
             None => {
@@ -250,5 +243,53 @@ pub fn scores_of(
         Method::Wanda | Method::SparseGpt | Method::Activation => {
             anyhow::bail!("{} has no per-weight scores to reuse", job.method.name())
         }
+    })
+}
+
+/// A relevance file must hold the rule of the method (`lrp` or `grad`).
+fn check_method(job: &CompressJob, file: &RelevanceReader, label: &str) -> Result<()> {
+    let expected = if job.method == Method::Lrp {
+        "lrp"
+    } else {
+        "grad"
+    };
+    if file.meta.rule != expected {
+        invalid!(
+            Method,
+            "{}: {label} holds '{}' relevance but this method needs '{expected}'",
+            job.method.name(),
+            file.meta.rule
+        );
+    }
+    Ok(())
+}
+
+/// Masks chosen layer by layer from a relevance file (row or layer scope, or N:M), each
+/// layer's scores read, used and dropped in turn: a large model's relevance is never in memory
+/// at once.
+fn prune_from_file(
+    model: &mut DecoderModel,
+    job: &CompressJob,
+    file: &RelevanceReader,
+    label: &str,
+    selected: &dyn Fn(&str) -> bool,
+    start: std::time::Instant,
+) -> Result<CompressResult> {
+    scores::check_relevance(file, model, job.config_sha256, label)?;
+    let mut masks = HashMap::new();
+    for l in model.linears_mut() {
+        if !selected(&l.name) {
+            continue;
+        }
+        crate::util::interrupt::check()?;
+        let (o, i) = l.weight.dims2()?;
+        let score = scores::layer_relevance(file, &l.name)?;
+        let m = mask::layer_mask(&score, [o, i], job.ratio, job.scope, job.pattern)?;
+        l.weight = apply_mask(&l.weight, &m)?;
+        masks.insert(l.name.clone(), m);
+    }
+    Ok(CompressResult {
+        masks,
+        seconds_scores: start.elapsed().as_secs_f64(),
     })
 }

@@ -5,8 +5,7 @@ pub mod engine;
 use super::prepare::{Prepared, PruneProtocol, PruneSetup};
 use super::{Artefact, Progress, Provenance, Resume};
 use crate::lrp::checkpoint::Checkpoint;
-use crate::lrp::file::RelevanceFile;
-use crate::model::DecoderModel;
+use crate::lrp::file::RelevanceReader;
 use crate::prune::mask::Scope;
 use crate::prune::method::Method;
 use crate::source::Loaded;
@@ -65,10 +64,9 @@ pub struct Report {
     pub seconds_prune: f64,
 }
 
+/// The pruned model is the loaded one, pruned in place.
 pub struct Outcome {
     pub report: Report,
-    /// The pruned model, to be written in the input's layout.
-    pub model: DecoderModel,
     /// Files written beside the model: the report, and the mask when asked for.
     pub files: Vec<Artefact>,
     /// The attribution's checkpoint, to remove once the output is in place.
@@ -77,7 +75,7 @@ pub struct Outcome {
 
 pub const REPORT_FILE: &str = "sparc3-report.json";
 
-pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
+pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Outcome> {
     let start = std::time::Instant::now();
     let method = cfg.method;
     let scope = cfg.prune.scope.unwrap_or(method.compress_scope());
@@ -85,13 +83,23 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         .prune
         .scores
         .as_deref()
-        .map(RelevanceFile::read)
+        .map(RelevanceReader::open)
         .transpose()?;
     let needs_calib =
         (method.needs_calibration() && relevance.is_none()) || cfg.update == Update::Obs;
     let prep = Prepared::new(loaded, &cfg.prune.calib, &cfg.prune.eval, needs_calib)?;
-    let mut model = loaded.model.clone();
-    let before = prep.ppl(&model)?;
+    let before = prep.ppl(&loaded.model)?;
+    let ckpt = checkpoint(loaded, cfg, &prep);
+    // The model is pruned in place and the store lets go of the dense weights it shares with
+    // it, so a large model is never held twice.
+    let names: Vec<String> = loaded
+        .model
+        .linears()
+        .iter()
+        .map(|l| format!("{}.weight", l.name))
+        .collect();
+    loaded.store.release(&names);
+    let model = &mut loaded.model;
     let label = cfg.prune.scores.as_ref().map(|p| p.display().to_string());
     let job = CompressJob {
         method,
@@ -107,14 +115,14 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         config_sha256: &loaded.config_sha256,
         layers: cfg.prune.layers.0.clone(),
         update_obs: cfg.update == Update::Obs,
-        checkpoint: checkpoint(loaded, cfg, &prep),
+        checkpoint: ckpt,
         resume: cfg.resume.resume,
         force_memory: cfg.prune.force_memory,
         precomputed: None,
     };
     progress.stage(method.name(), 0);
     let t_prune = std::time::Instant::now();
-    let res = engine::compress(&mut model, &job, |what, i, n| {
+    let res = engine::compress(model, &job, |what, i, n| {
         progress.message(what);
         progress.position(i as u64, Some(n as u64));
     })?;
@@ -123,13 +131,13 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
         note_foreign_protocol(r, label, &prep, progress);
     }
     let seconds_prune = t_prune.elapsed().as_secs_f64();
-    let after = prep.ppl(&model)?;
-    let (per_layer, overall) = crate::prune::sparsity(&model)?;
+    let after = prep.ppl(model)?;
+    let (per_layer, overall) = crate::prune::sparsity(model)?;
     let mut files = Vec::new();
     if cfg.save_mask {
         files.push((
             "mask.safetensors".to_string(),
-            crate::prune::mask::to_bytes(&model, &res.masks)?,
+            crate::prune::mask::to_bytes(model, &res.masks)?,
         ));
     }
     let report = Report {
@@ -167,7 +175,6 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
     );
     Ok(Outcome {
         report,
-        model,
         files,
         checkpoint: job.checkpoint,
     })
@@ -188,7 +195,7 @@ fn checkpoint(loaded: &Loaded, cfg: &Config, prep: &Prepared) -> Option<Checkpoi
 
 /// A reused relevance file explains another target or aggregation than a fresh attribution
 /// would: it is used as it is, and the user is told.
-fn note_foreign_protocol(r: &RelevanceFile, label: &str, prep: &Prepared, p: &dyn Progress) {
+fn note_foreign_protocol(r: &RelevanceReader, label: &str, prep: &Prepared, p: &dyn Progress) {
     let file_target = r.meta.target_name();
     if r.meta.aggregation != prep.aggregation || file_target != prep.target.name() {
         p.note(&format!(
