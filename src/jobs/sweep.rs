@@ -161,6 +161,7 @@ fn one_method(
         checkpoint: None,
         resume: false,
         force_memory: cfg.prune.force_memory,
+        keep_masks: false,
         precomputed: None,
     };
     let selected = |name: &str| cfg.prune.layers.selects(name);

@@ -10,8 +10,14 @@ use crate::model::DecoderModel;
 use anyhow::Result;
 use std::ops::Range;
 
-/// Bytes kept free of the plan: the allocator's slack, the tokenizer, the runtime.
-const RESERVE: usize = 512 << 20;
+/// Bytes of `avail` kept free of the plan: the allocator's slack, the runtime, and room for the
+/// system and the page cache of the files being read and written. An eighth of what is
+/// available, at most a sixteenth of the machine (a box run at 95% invites the OOM killer), and
+/// at least 512 MiB.
+fn reserve(avail: usize) -> usize {
+    let machine = crate::util::mem_total().unwrap_or(usize::MAX) / 16;
+    (avail / 8).min(machine).max(512 << 20)
+}
 /// Rows of the vocabulary softmax formed at a time (`pass::HEAD_ROWS`).
 const HEAD_ROWS: usize = 128;
 
@@ -117,7 +123,8 @@ pub fn make(
         vec![0; model.blocks.len()]
     };
     let acc_all: usize = blocks.iter().sum();
-    let budget = avail.map(|a| a.saturating_sub(RESERVE));
+    let reserve = avail.map_or(0, reserve);
+    let budget = avail.map(|a| a.saturating_sub(reserve));
     let largest_block = blocks.iter().copied().max().unwrap_or(0);
     let groups_for = |m: MemoryMode| match (passes, budget) {
         (Some(k), _) => split(blocks.len(), k),
@@ -128,11 +135,11 @@ pub fn make(
             split(blocks.len(), blocks.len().div_ceil(per_group))
         }
     };
-    // Keeping activations saves recomputing each block; worth it while they are small and do
-    // not cost an extra pass over the data.
+    // Keeping activations saves recomputing each block; worth it while they are small (at most
+    // 2 GiB and an eighth of what is available) and do not cost an extra pass over the data.
     let mode = mode.unwrap_or_else(|| {
         let store = store_bytes(model, seq_len);
-        let small = budget.is_none_or(|b| store <= (2usize << 30).min(b / 4));
+        let small = budget.is_none_or(|b| store <= (2usize << 30).min(b / 8));
         let no_extra =
             groups_for(MemoryMode::Store).len() <= groups_for(MemoryMode::Recompute).len();
         if small && no_extra {
@@ -170,8 +177,8 @@ pub fn make(
     if let Some(b) = budget.filter(|&b| run_bytes > b && !force) {
         let msg = format!(
             "this run needs about {} besides the loaded weights ({} for the accumulators of {} block(s) at a time, {} for the pass, {} reserve) but {} are available",
-            size(run_bytes + RESERVE), size(group_acc), plan.groups.iter().map(|g| g.len()).max().unwrap_or(0),
-            size(pass), size(RESERVE), size(b + RESERVE)
+            size(run_bytes + reserve), size(group_acc), plan.groups.iter().map(|g| g.len()).max().unwrap_or(0),
+            size(pass), size(reserve), size(b + reserve)
         );
         let store = mode == MemoryMode::Store;
         let one_block = pass + largest_block;

@@ -146,8 +146,7 @@ fn load_bytes_with(
         names
             .par_iter()
             .map(|(name, view)| {
-                let (t, disk) = view_to_tensor(path, name, view, store)?;
-                release(view.data());
+                let (t, disk) = view_to_tensor(path, name, view, store, release)?;
                 Ok((
                     name.clone(),
                     Stored {
@@ -256,6 +255,7 @@ fn view_to_tensor(
     name: &str,
     view: &safetensors::tensor::TensorView<'_>,
     store: &WeightStore,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<(Tensor, DType)> {
     let device = &store.device;
     use safetensors::Dtype as S;
@@ -263,18 +263,15 @@ fn view_to_tensor(
     let data = view.data();
     let (t, disk) = match view.dtype() {
         S::F32 => {
-            let v: Vec<f32> = data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v: Vec<f32> = decode(data, 4, release, |c| {
+                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            });
             check_finite(path, name, &v)?;
             (Tensor::from_vec(v, shape, device)?, DType::F32)
         }
         S::F16 => {
-            let v: Vec<half::f16> = data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
-                .collect();
+            let v: Vec<half::f16> =
+                decode(data, 2, release, |c| half::f16::from_le_bytes([c[0], c[1]]));
             if v.iter().any(|x| !x.is_finite()) {
                 fail!(
                     Input,
@@ -285,10 +282,9 @@ fn view_to_tensor(
             (Tensor::from_vec(v, shape, device)?, DType::F16)
         }
         S::BF16 => {
-            let v: Vec<half::bf16> = data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
-                .collect();
+            let v: Vec<half::bf16> = decode(data, 2, release, |c| {
+                half::bf16::from_le_bytes([c[0], c[1]])
+            });
             if v.iter().any(|x| !x.is_finite()) {
                 fail!(
                     Input,
@@ -319,6 +315,23 @@ fn view_to_tensor(
         t
     };
     Ok((t, disk))
+}
+
+/// Little-endian values of `width` bytes, decoded 64 MiB at a time with each slice's mapped
+/// pages released once read: a large tensor is never held mapped and copied at once.
+fn decode<T>(
+    data: &[u8],
+    width: usize,
+    release: &(dyn Fn(&[u8]) + Sync),
+    f: impl Fn(&[u8]) -> T,
+) -> Vec<T> {
+    const SEG: usize = 64 << 20;
+    let mut v = Vec::with_capacity(data.len() / width);
+    for seg in data.chunks(SEG) {
+        v.extend(seg.chunks_exact(width).map(&f));
+        release(seg);
+    }
+    v
 }
 
 pub fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {

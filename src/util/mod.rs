@@ -46,6 +46,17 @@ pub fn mem_available() -> Option<usize> {
     Some(avail)
 }
 
+/// The machine's memory (`MemTotal`), or the cgroup's limit when lower, in bytes (Linux).
+pub fn mem_total() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    let cg = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    Some(cg.map_or(kb * 1024, |c| c.min(kb * 1024)))
+}
+
 /// `123`, `4KiB`, `512MiB`, `6GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB` as binary units).
 pub fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();

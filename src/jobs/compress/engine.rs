@@ -35,13 +35,27 @@ pub struct CompressJob<'a> {
     pub resume: bool,
     /// Run past the memory guard.
     pub force_memory: bool,
+    /// Keep every layer's mask in the result (a mask is a byte per weight: 7 GB for an 8B
+    /// model, so only when it is written).
+    pub keep_masks: bool,
     /// Scores already computed by `scores_of` (a sweep reuses one attribution for every ratio).
     pub precomputed: Option<&'a HashMap<String, Vec<f32>>>,
 }
 
 pub struct CompressResult {
+    /// The masks (true: removed), when kept (`CompressJob::keep_masks`, the OBS update, or a
+    /// method that forms them all anyway).
     pub masks: HashMap<String, Vec<bool>>,
+    /// Weights removed, and weights of the pruned layers.
+    pub removed: (usize, usize),
     pub seconds_scores: f64,
+}
+
+/// Weights removed and weights in all, over `masks`.
+fn removed(masks: &HashMap<String, Vec<bool>>) -> (usize, usize) {
+    masks.values().fold((0, 0), |(z, n), m| {
+        (z + m.iter().filter(|&&x| x).count(), n + m.len())
+    })
 }
 
 /// Prune `model` in place.
@@ -96,6 +110,7 @@ pub fn compress(
             |i| progress("sparsegpt", i, n),
         )?;
         return Ok(CompressResult {
+            removed: removed(&masks),
             masks,
             seconds_scores: start.elapsed().as_secs_f64(),
         });
@@ -115,6 +130,7 @@ pub fn compress(
             |i| progress("obs update", i, n),
         )?;
         *model = d;
+        res.removed = removed(&masks);
         res.masks = masks;
     }
     Ok(res)
@@ -146,6 +162,7 @@ fn choose(
             |i| progress("wanda", i, n),
         )?;
         return Ok(CompressResult {
+            removed: removed(&masks),
             masks,
             seconds_scores: start.elapsed().as_secs_f64(),
         });
@@ -194,6 +211,7 @@ fn choose(
         }
     }
     Ok(CompressResult {
+        removed: removed(&masks),
         masks,
         seconds_scores,
     })
@@ -276,7 +294,8 @@ fn prune_from_file(
     start: std::time::Instant,
 ) -> Result<CompressResult> {
     scores::check_relevance(file, model, job.config_sha256, label)?;
-    let mut masks = HashMap::new();
+    let keep = job.keep_masks || job.update_obs;
+    let (mut masks, mut counts) = (HashMap::new(), (0, 0));
     for l in model.linears_mut() {
         if !selected(&l.name) {
             continue;
@@ -286,10 +305,15 @@ fn prune_from_file(
         let score = scores::layer_relevance(file, &l.name)?;
         let m = mask::layer_mask(&score, [o, i], job.ratio, job.scope, job.pattern)?;
         l.weight = apply_mask(&l.weight, &m)?;
-        masks.insert(l.name.clone(), m);
+        counts.0 += m.iter().filter(|&&x| x).count();
+        counts.1 += m.len();
+        if keep {
+            masks.insert(l.name.clone(), m);
+        }
     }
     Ok(CompressResult {
         masks,
+        removed: counts,
         seconds_scores: start.elapsed().as_secs_f64(),
     })
 }

@@ -90,15 +90,7 @@ pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result
     let prep = Prepared::new(loaded, &cfg.prune.calib, &cfg.prune.eval, needs_calib)?;
     let before = prep.ppl(&loaded.model)?;
     let ckpt = checkpoint(loaded, cfg, &prep);
-    // The model is pruned in place and the store lets go of the dense weights it shares with
-    // it, so a large model is never held twice.
-    let names: Vec<String> = loaded
-        .model
-        .linears()
-        .iter()
-        .map(|l| format!("{}.weight", l.name))
-        .collect();
-    loaded.store.release(&names);
+    release_dense(loaded);
     let model = &mut loaded.model;
     let label = cfg.prune.scores.as_ref().map(|p| p.display().to_string());
     let job = CompressJob {
@@ -118,6 +110,7 @@ pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result
         checkpoint: ckpt,
         resume: cfg.resume.resume,
         force_memory: cfg.prune.force_memory,
+        keep_masks: cfg.save_mask,
         precomputed: None,
     };
     progress.stage(method.name(), 0);
@@ -158,7 +151,7 @@ pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result
             before.as_ref().map(|b| b.windows),
         ),
         ratio_requested: cfg.ratio,
-        ratio_achieved_in_pruned_layers: removed_share(&res.masks),
+        ratio_achieved_in_pruned_layers: res.removed.0 as f64 / res.removed.1.max(1) as f64,
         sparsity_all_linears: overall,
         sparsity_per_layer: per_layer
             .into_iter()
@@ -178,6 +171,18 @@ pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result
         files,
         checkpoint: job.checkpoint,
     })
+}
+
+/// The model is pruned in place and the store lets go of the dense weights it shares with it,
+/// so a large model is never held twice.
+fn release_dense(loaded: &mut Loaded) {
+    let names: Vec<String> = loaded
+        .model
+        .linears()
+        .iter()
+        .map(|l| format!("{}.weight", l.name))
+        .collect();
+    loaded.store.release(&names);
 }
 
 /// The fresh attribution's checkpoint beside the output, fingerprinted by what decides it.
@@ -205,12 +210,4 @@ fn note_foreign_protocol(r: &RelevanceReader, label: &str, prep: &Prepared, p: &
             prep.aggregation.name()
         ));
     }
-}
-
-/// Fraction of the pruned layers' weights that the masks remove.
-fn removed_share(masks: &std::collections::HashMap<String, Vec<bool>>) -> f64 {
-    let (z, n) = masks.values().fold((0usize, 0usize), |(z, n), m| {
-        (z + m.iter().filter(|&&x| x).count(), n + m.len())
-    });
-    z as f64 / n.max(1) as f64
 }
