@@ -1,6 +1,7 @@
 //! Scale benchmark: per model shape, load time, one forward, one attribution (`next-token`,
 //! per-weight, memory plan chosen automatically) and the peak RSS of that shape's load and
-//! attribution, at 512 tokens for every shape and 2048 tokens up to 3B parameters.
+//! attribution (each shape and length in a process of its own), at 512 tokens for every shape
+//! and 2048 tokens up to 3B parameters.
 //!
 //! Checkpoints come from the offline maker, one directory per shape under `SPARC3_SCALE_DIR`
 //! (default `/tmp/sparc3-scale`), e.g.
@@ -123,6 +124,31 @@ fn shape(name: &str, dir: &Path, lengths: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One (shape, length) in a child process of its own, so that its peak RSS is its own (memory
+/// an earlier run freed may stay with the allocator).
+fn one(name: &str, dir: &Path, t: usize) -> anyhow::Result<()> {
+    if std::env::var_os("SPARC3_SCALE_CHILD").is_some() {
+        if let Err(e) = shape(name, dir, &[t]) {
+            println!("| {name} | error: {e:#} |");
+        }
+        return Ok(());
+    }
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env("SPARC3_SCALE_CHILD", "1")
+        .env("SPARC3_SCALE_SHAPES", name)
+        .env("SPARC3_SCALE_LENGTHS", t.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("| {name} ")))
+        .for_each(|l| println!("{l}"));
+    if !out.status.success() {
+        println!("| {name} | {t} | exit {:?} |", out.status.code());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     sparc3::util::tune_process();
     let root = PathBuf::from(
@@ -148,8 +174,8 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{name}: no checkpoint at {} (skipped)", dir.display());
             continue;
         }
-        if let Err(e) = shape(&name, &dir, &lengths) {
-            println!("| {name} | error: {e:#} |");
+        for &t in &lengths {
+            one(&name, &dir, t)?;
         }
     }
     Ok(())

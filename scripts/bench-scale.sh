@@ -17,8 +17,10 @@ SPARC3_SCALE_DIR=$dir cargo bench --bench scale 2>/dev/null
 echo
 echo "| shape | tokens | LXT attribution s | LXT peak GiB (time -v) | status |"
 echo "|---|---|---|---|---|"
-for m in "$dir"/*/; do
-  shape=$(basename "$m")
+shapes=${SPARC3_SCALE_SHAPES:-$(ls "$dir")}
+for shape in ${shapes//,/ }; do
+  m="$dir/$shape"
+  [ -f "$m/config.json" ] || continue
   for t in ${SPARC3_SCALE_LENGTHS:-512 2048}; do
     ids="$dir/ids-$t.jsonl"
     [ -f "$ids" ] || continue

@@ -111,6 +111,24 @@ impl RelevanceReader {
         self.infos.get(name).map(|i| i.shape.as_slice())
     }
 
+    /// The file's metadata and token tables, with every other tensor's shape but no values:
+    /// what merging checks and concatenates, the rest being read tensor by tensor.
+    fn outline(&self) -> Result<RelevanceFile> {
+        let mut tensors = BTreeMap::new();
+        for (name, info) in &self.infos {
+            let v = if name.starts_with("tokens.") {
+                self.values(name)?
+            } else {
+                Vec::new()
+            };
+            tensors.insert(name.clone(), (info.shape.clone(), v));
+        }
+        Ok(RelevanceFile {
+            meta: self.meta.clone(),
+            tensors,
+        })
+    }
+
     /// A tensor's values, read now.
     pub fn values(&self, name: &str) -> Result<Vec<f32>> {
         let Some(info) = self.infos.get(name) else {
@@ -215,6 +233,60 @@ impl RelevanceFile {
 }
 
 type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Merge shard files into `out` tensor by tensor (one tensor of each input in memory at a
+/// time): the same checks, means and token tables as [`RelevanceFile::merge`], the same bytes.
+pub fn merge_into(
+    inputs: &[(String, &Path)],
+    out: &Path,
+) -> Result<(RelMeta, super::staged::Staged)> {
+    if inputs.len() < 2 {
+        fail!(Usage, "merge needs at least two relevance files");
+    }
+    let mut files = Vec::new();
+    for (label, p) in inputs {
+        let r = RelevanceReader::open(p)?;
+        files.push((label.clone(), r.outline()?, r));
+    }
+    files.sort_by_key(|(_, f, _)| f.meta.shards.first().copied().unwrap_or(0));
+    let (readers, outlines): (Vec<_>, Vec<_>) =
+        files.into_iter().map(|(l, f, r)| (r, (l, f))).unzip();
+    let shards = check_same_run(&outlines)?;
+    let total: usize = outlines.iter().map(|(_, f)| f.meta.samples).sum();
+    let mut tokens = Tensors::new();
+    merge_token_tables(&outlines, &mut tokens);
+    let mut meta = outlines[0].1.meta.clone();
+    meta.samples = total;
+    meta.shards = shards.into_iter().collect();
+    let weights: Vec<(&String, &Vec<usize>)> = outlines[0]
+        .1
+        .tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokens."))
+        .map(|(k, (s, _))| (k, s))
+        .collect();
+    let mut specs: Vec<(String, Vec<usize>)> = weights
+        .iter()
+        .map(|(k, s)| ((*k).clone(), (*s).clone()))
+        .collect();
+    specs.extend(tokens.iter().map(|(k, (s, _))| (k.clone(), s.clone())));
+    let mut staged = super::staged::Staged::with_tensors(out, &meta, &specs)?;
+    for (name, shape) in weights {
+        let mut acc = vec![0f64; shape.iter().product()];
+        for ((_, f), r) in outlines.iter().zip(&readers) {
+            let w = f.meta.samples as f64 / total as f64;
+            for (a, v) in acc.iter_mut().zip(&r.values(name)?) {
+                *a += w * *v as f64;
+            }
+        }
+        let v: Vec<f32> = acc.into_iter().map(|x| x as f32).collect();
+        staged.write(name, &v)?;
+    }
+    for (name, (_, v)) in &tokens {
+        staged.write(name, v)?;
+    }
+    Ok((meta, staged))
+}
 
 /// Refuse files (sorted by shard) that are not shards of one run, repeat a shard or hold
 /// different tensors; returns the shards they cover.

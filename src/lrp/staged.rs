@@ -77,6 +77,29 @@ impl Staged {
         })
     }
 
+    /// Lay out a file of these f32 tensors (name, shape).
+    pub fn with_tensors(
+        path: &Path,
+        meta: &RelMeta,
+        tensors: &[(String, Vec<usize>)],
+    ) -> Result<Self> {
+        let mut md = HashMap::new();
+        md.insert("sparc3".to_string(), serde_json::to_string(meta)?);
+        let specs: Vec<Spec> = tensors
+            .iter()
+            .map(|(n, s)| Spec::new(n.clone(), Dtype::F32, s.clone()))
+            .collect();
+        Ok(Self {
+            w: Writer::create(path, &specs, Some(md), true)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Write one tensor.
+    pub fn write(&mut self, name: &str, v: &[f32]) -> Result<()> {
+        self.w.write_f32(name, v, None)
+    }
+
     /// Write a finished group's means; its accumulators are consumed.
     pub fn add_blocks(
         &mut self,
