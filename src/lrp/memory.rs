@@ -26,6 +26,16 @@ pub fn store_bytes(model: &DecoderModel, seq_len: usize) -> usize {
     per_block * d.layers * 4
 }
 
+/// Elements of the largest linear weight (the one a pass converts to f32 at a time).
+pub fn largest_linear(model: &DecoderModel) -> usize {
+    model
+        .linears()
+        .iter()
+        .map(|l| l.weight.elem_count())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Estimated peak bytes of one attribution: weights (as stored, plus the f32 copy a linear
 /// makes of a non-f32 weight), accumulators, saved activations (all blocks, or one block and
 /// the block inputs when recomputing), logits and their gradient, and the largest per-layer
@@ -39,12 +49,7 @@ pub fn memory_needed(
     let d = &model.dims;
     let t = seq_len;
     let lin: usize = model.linears().iter().map(|l| l.weight.elem_count()).sum();
-    let largest = model
-        .linears()
-        .iter()
-        .map(|l| l.weight.elem_count())
-        .max()
-        .unwrap_or(0);
+    let largest = largest_linear(model);
     let weights = model.parameter_count() * model.blocks[0].attn.q.weight.dtype().size_in_bytes();
     let acc = if per_weight { lin * 4 } else { 0 };
     let acts = match mode {

@@ -55,12 +55,7 @@ fn pass_bytes(model: &DecoderModel, seq_len: usize, mode: MemoryMode) -> usize {
         }
     };
     let head = &model.lm_head.weight;
-    let largest = model
-        .linears()
-        .iter()
-        .map(|l| l.weight.elem_count())
-        .max()
-        .unwrap_or(0);
+    let largest = super::memory::largest_linear(model);
     let wdt = model.blocks[0].attn.q.weight.dtype();
     let softmax = t.min(HEAD_ROWS) * d.vocab * 4 * 3;
     // Per-token neuron/head sums and gradients in flight: a few [T, intermediate] tensors.
