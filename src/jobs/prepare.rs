@@ -63,6 +63,17 @@ pub struct PruneSetup {
     pub force_memory: bool,
 }
 
+impl PruneSetup {
+    /// The relevance file standing in for an attribution, opened (its tensors are read layer by
+    /// layer when used).
+    pub fn open_scores(&self) -> Result<Option<RelevanceReader>> {
+        self.scores
+            .as_deref()
+            .map(RelevanceReader::open)
+            .transpose()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct CalibConfig {
     /// Text, JSONL text records or JSONL ids records (None: the built-in text).

@@ -73,12 +73,7 @@ pub fn run(loaded: &Loaded, cfg: &Config, progress: &dyn Progress) -> Result<Out
     let start = std::time::Instant::now();
     let ratios = ratios(cfg)?;
     let methods = super::dedup(&cfg.methods);
-    let relevance = cfg
-        .prune
-        .scores
-        .as_deref()
-        .map(RelevanceReader::open)
-        .transpose()?;
+    let relevance = cfg.prune.open_scores()?;
     let fresh_attribution = methods
         .iter()
         .any(|m| m.needs_calibration() && !(relevance.is_some() && m.is_relevance()));

@@ -406,6 +406,20 @@ fn merge_token_tables(files: &[(String, RelevanceFile)], out: &mut Tensors) {
     );
 }
 
+/// A block's unit tensors: `neurons.<mlp>` with the layer whose inputs are those neurons
+/// (`down`/`fc2`), and `heads.<attention>`.
+pub(super) fn unit_names(
+    block: &crate::model::Block,
+) -> (String, &crate::model::layers::Linear, String) {
+    let (down, prefix) = match &block.mlp {
+        Mlp::Gated { down, .. } => (down, down.name.trim_end_matches(".down_proj")),
+        Mlp::Plain { fc2, .. } => (fc2, fc2.name.trim_end_matches(".fc2")),
+    };
+    let o = &block.attn.o;
+    let heads = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
+    (format!("neurons.{prefix}"), down, format!("heads.{heads}"))
+}
+
 /// One named tensor of a relevance file: name, shape, values.
 pub(super) type Named = (String, Vec<usize>, Vec<f32>);
 
@@ -427,26 +441,22 @@ pub(super) fn block_means(
     };
     let mut out = Vec::new();
     for block in &model.blocks[blocks] {
-        let (down, prefix) = match &block.mlp {
-            Mlp::Gated { down, .. } => (down, down.name.trim_end_matches(".down_proj")),
-            Mlp::Plain { fc2, .. } => (fc2, fc2.name.trim_end_matches(".fc2")),
-        };
+        let (neurons, down, heads_name) = unit_names(block);
         let o = &block.attn.o;
         let (Some(a), Some(ao)) = (acc.layers.get(&down.name), acc.layers.get(&o.name)) else {
-            fail!(Input, "no relevance was accumulated for block {prefix}");
+            fail!(
+                Input,
+                "no relevance was accumulated for block {}",
+                neurons.trim_start_matches("neurons.")
+            );
         };
-        out.push((
-            format!("neurons.{prefix}"),
-            vec![a.inputs.len()],
-            mean(a.inputs.clone()),
-        ));
+        out.push((neurons, vec![a.inputs.len()], mean(a.inputs.clone())));
         let heads: Vec<f32> = ao
             .inputs
             .chunks(block.attn.head_dim)
             .map(|c| c.iter().sum::<f32>() / n)
             .collect();
-        let hp = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
-        out.push((format!("heads.{hp}"), vec![heads.len()], heads));
+        out.push((heads_name, vec![heads.len()], heads));
         for lin in block.linears() {
             let Some(a) = acc.layers.remove(&lin.name) else {
                 fail!(Input, "no relevance was accumulated for {}", lin.name);

@@ -3,7 +3,7 @@
 //! accumulators freed, and the file is renamed into place only when every group is in. The
 //! bytes equal those [`RelevanceFile::write`] writes for a single pass.
 
-use super::file::{block_means, token_tensors, RelMeta, RelevanceFile, TokenTable};
+use super::file::{block_means, token_tensors, unit_names, RelMeta, RelevanceFile, TokenTable};
 use crate::model::DecoderModel;
 use crate::relevance::accum::Accumulators;
 use crate::util::stfile::{Spec, Writer};
@@ -25,21 +25,10 @@ fn specs(model: &DecoderModel, per_weight: bool, tokens: Option<(usize, usize)>)
     let f = |n: String, s: Vec<usize>| Spec::new(n, Dtype::F32, s);
     let mut v = Vec::new();
     for block in &model.blocks {
-        let (down, prefix) = match &block.mlp {
-            crate::model::layers::Mlp::Gated { down, .. } => {
-                (down, down.name.trim_end_matches(".down_proj"))
-            }
-            crate::model::layers::Mlp::Plain { fc2, .. } => {
-                (fc2, fc2.name.trim_end_matches(".fc2"))
-            }
-        };
-        v.push(f(format!("neurons.{prefix}"), vec![down.in_features()]));
+        let (neurons, down, heads) = unit_names(block);
+        v.push(f(neurons, vec![down.in_features()]));
         let o = &block.attn.o;
-        let hp = o.name.rsplit_once('.').map(|(p, _)| p).unwrap_or(&o.name);
-        v.push(f(
-            format!("heads.{hp}"),
-            vec![o.in_features() / block.attn.head_dim],
-        ));
+        v.push(f(heads, vec![o.in_features() / block.attn.head_dim]));
         for lin in block.linears() {
             if per_weight {
                 let shape = vec![lin.out_features(), lin.in_features()];

@@ -18,23 +18,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// `MemAvailable` from /proc/meminfo, in bytes (Linux).
+/// A `/proc/meminfo` field (`MemAvailable`, `MemTotal`), in bytes (Linux).
+fn meminfo(key: &str) -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A cgroup v2 memory file of this process's group (`memory.max`; None when unlimited).
+fn cgroup(file: &str) -> Option<usize> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{file}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The memory this process may still allocate: `MemAvailable`, capped by what the cgroup's
 /// limit leaves (a batch scheduler's job) and by `SPARC3_MEMORY_AVAILABLE` (bytes, or with a
 /// KiB/MiB/GiB suffix; for planning as if on a smaller machine).
 pub fn mem_available() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut avail = kb * 1024;
-    let cg = |f: &str| -> Option<usize> {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    if let (Some(max), Some(cur)) = (cg("memory.max"), cg("memory.current")) {
+    let mut avail = meminfo("MemAvailable:")?;
+    if let (Some(max), Some(cur)) = (cgroup("memory.max"), cgroup("memory.current")) {
         avail = avail.min(max.saturating_sub(cur));
     }
     if let Some(v) = std::env::var("SPARC3_MEMORY_AVAILABLE")
@@ -48,13 +54,8 @@ pub fn mem_available() -> Option<usize> {
 
 /// The machine's memory (`MemTotal`), or the cgroup's limit when lower, in bytes (Linux).
 pub fn mem_total() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    let cg = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    Some(cg.map_or(kb * 1024, |c| c.min(kb * 1024)))
+    let total = meminfo("MemTotal:")?;
+    Some(cgroup("memory.max").map_or(total, |c| c.min(total)))
 }
 
 /// `123`, `4KiB`, `512MiB`, `6GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB` as binary units).

@@ -79,12 +79,7 @@ pub fn run(loaded: &mut Loaded, cfg: &Config, progress: &dyn Progress) -> Result
     let start = std::time::Instant::now();
     let method = cfg.method;
     let scope = cfg.prune.scope.unwrap_or(method.compress_scope());
-    let relevance = cfg
-        .prune
-        .scores
-        .as_deref()
-        .map(RelevanceReader::open)
-        .transpose()?;
+    let relevance = cfg.prune.open_scores()?;
     let needs_calib =
         (method.needs_calibration() && relevance.is_none()) || cfg.update == Update::Obs;
     let prep = Prepared::new(loaded, &cfg.prune.calib, &cfg.prune.eval, needs_calib)?;
